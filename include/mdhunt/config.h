@@ -1,0 +1,149 @@
+/*
+ * The INI configuration (default /etc/mdhunt/mdhunt.ini).
+ *
+ * md_config_load() reads and validates the whole file.  Unknown sections
+ * and keys, malformed values and over-long lines are configuration errors
+ * (MD_E_CONFIG) whose message names the file, the line and the key.
+ * Every key, its default and its unit are documented in
+ * config/mdhunt.ini.example.
+ */
+#ifndef MDHUNT_CONFIG_H
+#define MDHUNT_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mdhunt/buf.h"
+#include "mdhunt/error.h"
+
+#define MD_DEFAULT_CONFIG_PATH "/etc/mdhunt/mdhunt.ini"
+
+enum md_backend_kind {
+    MD_BACKEND_GRAPH = 0,
+    MD_BACKEND_DEFENDER,
+    MD_BACKEND_SENTINEL
+};
+
+enum md_cloud {
+    MD_CLOUD_PUBLIC = 0
+};
+
+enum md_first_run {
+    MD_FIRST_RUN_BASELINE = 0,
+    MD_FIRST_RUN_REPORT
+};
+
+enum md_send_when {
+    MD_SEND_NEW = 0,
+    MD_SEND_ALWAYS,
+    MD_SEND_NEVER
+};
+
+/* Per-rule overrides from a [rule "ID"] section. */
+struct md_rule_config {
+    char *rule_id;
+    char **key_columns;     /* key = COLUMN[,COLUMN]; NULL-terminated */
+    char *track_column;     /* track = COLUMN, or NULL */
+    int line;               /* line of the section header */
+};
+
+struct md_config {
+    char *path;             /* the file read, or NULL for defaults only */
+
+    struct {
+        char *tenant_id;
+        char *client_id;
+        char *client_secret_file;
+        int client_secret_inline;     /* client_secret = ... was used */
+        struct md_secret client_secret;
+        enum md_cloud cloud;
+        char *authority_url;          /* NULL: from the cloud table */
+        char *scope;                  /* NULL: from the (backend, cloud) table */
+    } auth;
+
+    struct {
+        enum md_backend_kind backend;
+        char *url;                    /* NULL: the backend's default host */
+        char *ca_file;
+        long connect_timeout;         /* seconds, default 15 */
+        long timeout;                 /* seconds, default 200 */
+        char *proxy;
+        size_t max_reply_size;        /* bytes, default 256 MiB */
+        char *workspace_id;           /* sentinel backend */
+    } api;
+
+    struct {
+        char **paths;                 /* NULL-terminated; default
+                                         /etc/mdhunt/rules */
+    } rules;
+
+    struct {
+        char *path;                   /* default /var/lib/mdhunt/mdhunt.db */
+        long keep_runs;               /* default 100 */
+        int64_t keep_days;            /* seconds, default 90d */
+    } store;
+
+    struct {
+        int64_t default_frequency;    /* seconds, default 1h */
+        int64_t jitter;               /* seconds, default 0 */
+    } schedule;
+
+    struct {
+        int64_t realert_after;        /* seconds, default 30d */
+        enum md_first_run first_run;
+    } report;
+
+    struct {
+        int enabled;                  /* a [mail] section was present */
+        char *smtp_url;
+        char *username;
+        char *password_file;
+        struct md_secret password;
+        char *ca_file;
+        char *from;
+        char **to;                    /* NULL-terminated */
+        char **cc;                    /* NULL-terminated */
+        char *subject_prefix;         /* default "[mdhunt]" */
+        enum md_send_when send_when;
+        int64_t digest_every;         /* seconds, default 1h */
+        long max_rows_in_body;        /* default 200 */
+    } mail;
+
+    struct md_rule_config *rule_configs;
+    size_t nrule_configs;
+};
+
+/* Fill cfg with the defaults, with no file read.  Free with
+ * md_config_free(). */
+int md_config_init(struct md_config *cfg);
+
+/*
+ * Read and validate path into cfg (which md_config_load initialises).
+ * On error cfg holds nothing that needs freeing and err names the file,
+ * line and key.  Warns (through the log) when the file holds a secret
+ * and group or others can read it.
+ */
+int md_config_load(const char *path, struct md_config *cfg,
+                   struct md_error *err);
+
+/*
+ * Check what commands that call the API need: tenant_id, client_id and a
+ * client secret (client_secret_file, else $MDHUNT_CLIENT_SECRET, else an
+ * inline client_secret, which is warned about).  Loads the secret into
+ * cfg->auth.client_secret.
+ */
+int md_config_require_auth(struct md_config *cfg, struct md_error *err);
+
+/* Load the SMTP password (password_file, else $MDHUNT_SMTP_PASSWORD). */
+int md_config_require_mail(struct md_config *cfg, struct md_error *err);
+
+/* The [rule "ID"] section for a rule id, or NULL. */
+const struct md_rule_config *md_config_rule(const struct md_config *cfg,
+                                            const char *rule_id);
+
+/* Wipe secrets and free everything cfg owns. */
+void md_config_free(struct md_config *cfg);
+
+const char *md_backend_kind_name(enum md_backend_kind kind);
+
+#endif
