@@ -56,17 +56,22 @@ int md_error_set(struct md_error *err, enum md_err_kind kind,
 
 int md_error_prefix(struct md_error *err, const char *fmt, ...)
 {
-    char prefix[MD_ERR_MESSAGE_MAX];
     char old[MD_ERR_MESSAGE_MAX];
+    size_t used;
     va_list ap;
+    int n;
 
     if (err == NULL)
         return -1;
-    va_start(ap, fmt);
-    vsnprintf(prefix, sizeof(prefix), fmt, ap);
-    va_end(ap);
     memcpy(old, err->message, sizeof(old));
-    snprintf(err->message, sizeof(err->message), "%s: %s", prefix, old);
+    va_start(ap, fmt);
+    n = vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    used = (size_t)n < sizeof(err->message) ? (size_t)n
+                                             : sizeof(err->message) - 1;
+    snprintf(err->message + used, sizeof(err->message) - used, ": %s", old);
     return -1;
 }
 
