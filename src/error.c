@@ -71,7 +71,14 @@ int md_error_prefix(struct md_error *err, const char *fmt, ...)
         n = 0;
     used = (size_t)n < sizeof(err->message) ? (size_t)n
                                              : sizeof(err->message) - 1;
-    snprintf(err->message + used, sizeof(err->message) - used, ": %s", old);
+    /* Append ": old" by hand: the result may be cut at the buffer's end. */
+    for (size_t i = 0; ": "[i] != '\0' && used + 1 < sizeof(err->message);
+         i++)
+        err->message[used++] = ": "[i];
+    for (size_t i = 0; old[i] != '\0' && used + 1 < sizeof(err->message);
+         i++)
+        err->message[used++] = old[i];
+    err->message[used] = '\0';
     return -1;
 }
 

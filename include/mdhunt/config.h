@@ -2,10 +2,14 @@
  * The INI configuration (default /etc/mdhunt/mdhunt.ini).
  *
  * md_config_load() reads and validates the whole file.  Unknown sections
- * and keys, malformed values and over-long lines are configuration errors
+ * and keys, malformed values, a key or section given twice, missing
+ * required keys and over-long lines are configuration errors
  * (MD_E_CONFIG) whose message names the file, the line and the key.
  * Every key, its default and its unit are documented in
  * config/mdhunt.ini.example.
+ *
+ * Secrets (the client secret, the SMTP password) are read only into
+ * struct md_secret fields and never appear in a message.
  */
 #ifndef MDHUNT_CONFIG_H
 #define MDHUNT_CONFIG_H
@@ -58,7 +62,7 @@ struct md_config {
         struct md_secret client_secret;
         enum md_cloud cloud;
         char *authority_url;          /* NULL: from the cloud table */
-        char *scope;                  /* NULL: from the (backend, cloud) table */
+        char *scope;                  /* NULL: by backend and cloud */
     } auth;
 
     struct {
@@ -119,9 +123,12 @@ int md_config_init(struct md_config *cfg);
 
 /*
  * Read and validate path into cfg (which md_config_load initialises).
- * On error cfg holds nothing that needs freeing and err names the file,
- * line and key.  Warns (through the log) when the file holds a secret
- * and group or others can read it.
+ * The whole file is checked: the first error is returned in err and
+ * every later one is logged, up to 20, so that one run shows them all.
+ * On error cfg contains nothing that needs freeing; when the file could not
+ * be opened, errno keeps the reason (ENOENT for a missing file).  Warns
+ * (through the log) when the file contains an inline client_secret and
+ * group or others can read it.
  */
 int md_config_load(const char *path, struct md_config *cfg,
                    struct md_error *err);
@@ -130,20 +137,28 @@ int md_config_load(const char *path, struct md_config *cfg,
  * Check what commands that call the API need: tenant_id, client_id and a
  * client secret (client_secret_file, else $MDHUNT_CLIENT_SECRET, else an
  * inline client_secret, which is warned about).  Loads the secret into
- * cfg->auth.client_secret.
+ * cfg->auth.client_secret.  A secret file loses one trailing LF or CRLF;
+ * an empty, unreadable or over-4096-byte file is an error naming its
+ * path, and a file that others can read is warned about.
  */
 int md_config_require_auth(struct md_config *cfg, struct md_error *err);
 
-/* Load the SMTP password (password_file, else $MDHUNT_SMTP_PASSWORD). */
+/* Check that a [mail] section exists and, when [mail] username is set,
+ * load the SMTP password into cfg->mail.password (password_file, read as
+ * the client secret file is, else $MDHUNT_SMTP_PASSWORD).  Without a
+ * username no password is needed or loaded. */
 int md_config_require_mail(struct md_config *cfg, struct md_error *err);
 
-/* The [rule "ID"] section for a rule id, or NULL. */
+/* The [rule "ID"] section for a rule id (compared ignoring ASCII case,
+ * as GUIDs are), or NULL. */
 const struct md_rule_config *md_config_rule(const struct md_config *cfg,
                                             const char *rule_id);
 
-/* Wipe secrets and free everything cfg owns. */
+/* Wipe secrets, free everything cfg owns and zero cfg, so that freeing
+ * it twice is harmless. */
 void md_config_free(struct md_config *cfg);
 
+/* The name a backend has in the file: "graph", "defender", "sentinel". */
 const char *md_backend_kind_name(enum md_backend_kind kind);
 
 #endif

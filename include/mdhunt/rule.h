@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "mdhunt/error.h"
 
@@ -49,25 +50,33 @@ struct md_rule {
     size_t nmappings;
     char *query;            /* exactly what the service receives */
     size_t query_len;
-    int query_line;         /* line of the query's first line in file */
+    int query_line;         /* file line of the query's first non-blank
+                               line */
     char query_sha256[65];  /* hex SHA-256 of the query bytes */
 };
 
 /*
- * Load one rule file: .yaml/.yml (any case) and files without an
- * extension as YAML, .kql as plain KQL.  Warnings (missing id, repaired
- * defects) are logged with file and line.  Errors are MD_E_RULE with the
- * file and line in the message.  Free the result with md_rule_free().
+ * Load one rule file.  A .kql file (any case) is plain KQL: its whole text
+ * is the query and its file name stem is the id.  Every other file is
+ * read as YAML.  Warnings (missing id, repaired defects, a query longer than Sentinel's
+ * 10000 characters) are logged with file and line.  Errors are MD_E_RULE
+ * with the file and line in the message.  On success the caller frees
+ * *out with md_rule_free(); on failure *out is NULL.
  */
 int md_rule_load(const char *path, struct md_rule **out,
                  struct md_error *err);
 
-/* Make a rule from KQL typed on the command line (label names it in
- * messages, e.g. "-q").  Free with md_rule_free(). */
+/* Make a rule from KQL typed on the command line: id "adhoc", name NULL,
+ * file set to label, which names it in messages (e.g. "-q").  The query
+ * bytes are kept as given.  Free with md_rule_free(). */
 int md_rule_from_query(const char *query, size_t len, const char *label,
                        struct md_rule **out, struct md_error *err);
 
 void md_rule_free(struct md_rule *rule);
+
+/* Write a rule's parsed fields and then its query to f, for
+ * `mdhunt rules show`.  Returns 0, or -1 when writing failed. */
+int md_rule_print(FILE *f, const struct md_rule *rule);
 
 struct md_ruleset {
     struct md_rule **rules;
@@ -75,15 +84,24 @@ struct md_ruleset {
 };
 
 /*
- * Load files and directories (a directory's rule files, sorted by name;
- * hidden files are skipped).  Two rules with one id are an error naming
- * both files.  With keep_going, every file is tried and each problem is
- * logged; the first error is returned at the end.
+ * Load files and directories.  A directory contributes its regular files
+ * named *.yaml, *.yml, *.kql (any case) or without an extension, sorted
+ * by name (bytewise), not recursing into subdirectories.  Hidden files,
+ * names ending in "~", Makefile and names starting with README, LICENSE,
+ * LICENCE, COPYING, NOTICE, CHANGELOG, AUTHORS or CONTRIBUTING (any case)
+ * are skipped.  A file named directly is always loaded.  Two rules whose
+ * ids are equal ignoring case are an error naming both files.
+ *
+ * Without keep_going, the first error stops loading and set is left
+ * empty.  With keep_going, every file is tried (running out of memory
+ * still stops), each problem is logged, set keeps every rule that loaded
+ * and the first error is returned at the end.  Free set with
+ * md_ruleset_free() in every case.
  */
 int md_ruleset_load(const char *const *paths, size_t npaths, int keep_going,
                     struct md_ruleset *set, struct md_error *err);
 
-/* The rule with this id, or NULL. */
+/* The rule whose id equals id ignoring case, or NULL. */
 struct md_rule *md_ruleset_find(const struct md_ruleset *set,
                                 const char *id);
 

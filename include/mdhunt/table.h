@@ -49,11 +49,14 @@ struct md_column {
 };
 
 /*
- * A cell.  kind MD_J_NULL means null.  Otherwise text/len is always set:
- * the string value for strings, guids and timespans, the service's text for
- * datetimes, the JSON number text for numbers, "true"/"false" for bools,
- * compact JSON for dynamic values.  The typed member that matches the
- * column's type is set too:
+ * A cell.  kind is the JSON type the service used for the value.  text/len
+ * contain the value as the service wrote it: the bytes of a JSON string,
+ * the text of a number ("42", "1.5"), "true"/"false" for a bool and
+ * compact JSON for an object or array.  A real is written back with the
+ * fewest of 15, 16 or 17 significant digits that read back exactly.  A
+ * null cell has kind MD_J_NULL, text "" and len 0.
+ *
+ * The typed member that matches the column's type is set too:
  *   MD_T_INT      -> i
  *   MD_T_REAL     -> r
  *   MD_T_BOOL     -> b
@@ -100,8 +103,10 @@ enum md_type md_type_from_service_name(const char *name);
  * "timespan", "guid", "dynamic", "unknown". */
 const char *md_type_name(enum md_type type);
 
-/* Add a column; columns must all be added before the first row.
- * Duplicate names are rejected (service error naming the column). */
+/* Add a column; columns must all be added before the first row.  The
+ * type comes from md_type_from_service_name(service_type); a NULL
+ * service_type is stored as "" and gives MD_T_UNKNOWN.  Duplicate names
+ * are rejected (service error naming the column). */
 int md_table_add_column(struct md_table *t, const char *name,
                         const char *service_type, struct md_error *err);
 
@@ -110,7 +115,8 @@ int md_table_add_column(struct md_table *t, const char *name,
 int md_table_column_index(const struct md_table *t, const char *name);
 
 /* Append a row of null cells and return a pointer to its first cell
- * (valid until the next md_table_add_row), or NULL when out of memory. */
+ * (valid until the next md_table_add_row), or NULL when out of memory.
+ * With no columns the pointer addresses no cell and must not be read. */
 struct md_cell *md_table_add_row(struct md_table *t);
 
 static inline struct md_cell *md_table_cell(const struct md_table *t,
@@ -124,7 +130,8 @@ static inline struct md_cell *md_table_cell(const struct md_table *t,
  * it to the column's type.  Accepted encodings per type:
  *   string/guid/unknown: any scalar (numbers and bools keep their text);
  *                        objects and arrays become compact JSON
- *   int:      JSON integer, or a string of decimal digits
+ *   int:      JSON integer, a JSON real with an integral value, or a
+ *             string of decimal digits with an optional sign
  *   real:     JSON number, or a numeric string ("NaN", "Infinity" too)
  *   bool:     true/false, "true"/"false" (any case), 0/1
  *   datetime: a string md_time_parse() accepts
@@ -132,7 +139,8 @@ static inline struct md_cell *md_table_cell(const struct md_table *t,
  *   dynamic:  any JSON value; a string whose text is a JSON object or
  *             array becomes that value (Log Analytics sends them so)
  * null is null for every type.  A value that does not fit its column is a
- * service error naming the column and row.
+ * service error (MD_E_SERVICE) naming the column, the row (1-based) and
+ * the value's JSON type.  cell must come from md_table_add_row() of t.
  */
 int md_table_set_cell_json(struct md_table *t, struct md_cell *cell,
                            size_t col, json_t *value, struct md_error *err);
