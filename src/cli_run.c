@@ -109,9 +109,15 @@ int md_cmd_run(struct md_cli *cli, int argc, char **argv,
         return md_error_set(err, MD_E_USAGE, "run: give --all or --rule, "
                             "not both");
 
-    /* The daemon's lines get a time unless the journal adds its own. */
-    if (opts.daemon && getenv("JOURNAL_STREAM") == NULL)
-        md_log_set_timestamps(1);
+    if (opts.daemon) {
+        /* Early, so that a SIGHUP during start-up cannot end the
+         * process (its default action). */
+        md_runner_install_reload_signal();
+        /* The daemon's lines get a time unless the journal adds its
+         * own. */
+        if (getenv("JOURNAL_STREAM") == NULL)
+            md_log_set_timestamps(1);
+    }
 
     if (md_cli_load_config(cli, 1, err) != 0)
         return -1;

@@ -88,8 +88,9 @@ static int parse_format(const char *cmd, const char *name, int allow_csv,
     if (*format == MD_FORMAT_NDJSON ||
         (*format == MD_FORMAT_CSV && !allow_csv))
         return md_error_set(err, MD_E_USAGE, "%s: format \"%s\" is not "
-                            "available here; use table, json%s", cmd, name,
-                            allow_csv ? " or csv" : "");
+                            "available here; use %s", cmd, name,
+                            allow_csv ? "table, json or csv"
+                                      : "table or json");
     return 0;
 }
 
@@ -551,8 +552,8 @@ enum {
     SC_FAILURES, SC_ERROR, SC_COUNT
 };
 
-/* One line of the status: what the store knows and, when the rule is
- * among the configured ones, when it is next due. */
+/* One line of the status: the rule's summary from the store and, when the
+ * rule is among the configured ones, its next due time. */
 struct status_line {
     const char *rule_id;
     const struct md_rule_status *stored;    /* NULL: never ran */

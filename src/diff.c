@@ -689,7 +689,9 @@ static int track_values(struct diff_ctx *c, const struct keyed_row *rows,
         }
         if (added && report_new) {
             ev = add_event(c, MD_EVENT_TRACKED, e->key, e->row_json);
-            if (ev == NULL || (ev->value = md_strdup(value)) == NULL) {
+            if (ev != NULL)
+                ev->value = md_strdup(value);
+            if (ev == NULL || ev->value == NULL) {
                 free(value);
                 return oom(err);
             }

@@ -76,19 +76,27 @@ static int valid_spec(const char *spec)
 }
 
 /* Copy at most size - 1 bytes of s[0..len) with CR, LF and other control
- * characters (tab aside) dropped and outer blanks trimmed. */
+ * characters (tab aside) dropped and outer blanks trimmed.  A cut never
+ * splits a UTF-8 character. */
 static void copy_clean(char *dst, size_t size, const char *s, size_t len)
 {
     size_t n = 0;
+    size_t i = 0;
 
     while (len > 0 && (*s == ' ' || *s == '\t'))
         s++, len--;
-    for (size_t i = 0; i < len && n + 1 < size; i++) {
+    for (; i < len && n + 1 < size; i++) {
         unsigned char c = (unsigned char)s[i];
 
         if ((c < 0x20 && c != '\t') || c == 0x7f)
             continue;
         dst[n++] = (char)c;
+    }
+    if (i < len) {
+        while (n > 0 && ((unsigned char)dst[n - 1] & 0xc0) == 0x80)
+            n--;
+        if (n > 0 && (unsigned char)dst[n - 1] >= 0xc0)
+            n--;
     }
     while (n > 0 && (dst[n - 1] == ' ' || dst[n - 1] == '\t'))
         n--;
@@ -528,7 +536,8 @@ int md_mail_compose(const struct md_mail_message *msg, struct md_buf *out,
                     struct md_error *err)
 {
     struct header h = { out, 0, 0 };
-    char subject[1024];
+    size_t subject_len = msg->subject != NULL ? strlen(msg->subject) : 0;
+    char *subject;
     struct address from;
 
     if (!valid_message_id(msg->message_id))
@@ -541,12 +550,11 @@ int md_mail_compose(const struct md_mail_message *msg, struct md_buf *out,
     if (msg->to == NULL || msg->to[0] == NULL)
         return md_error_set(err, MD_E_CONFIG,
                             "mail: no recipient; set to = in [mail]");
-    if (msg->from == NULL || parse_address(msg->from, "From", &from,
-                                           err) != 0)
-        return msg->from == NULL
-                   ? md_error_set(err, MD_E_CONFIG,
-                                  "mail: no sender; set from = in [mail]")
-                   : -1;
+    if (msg->from == NULL)
+        return md_error_set(err, MD_E_CONFIG,
+                            "mail: no sender; set from = in [mail]");
+    if (parse_address(msg->from, "From", &from, err) != 0)
+        return -1;
 
     hdr_date(&h, msg->date);
     hdr_start(&h, "From");
@@ -557,12 +565,15 @@ int md_mail_compose(const struct md_mail_message *msg, struct md_buf *out,
     if (msg->cc != NULL && msg->cc[0] != NULL &&
         hdr_address_list(&h, "Cc", msg->cc, err) != 0)
         return -1;
-    copy_clean(subject, sizeof(subject), msg->subject != NULL ? msg->subject
-                                                               : "",
-               msg->subject != NULL ? strlen(msg->subject) : 0);
+    subject = malloc(subject_len + 1);
+    if (subject == NULL)
+        return md_error_set(err, MD_E_INTERNAL, "out of memory");
+    copy_clean(subject, subject_len + 1, subject_len > 0 ? msg->subject : "",
+               subject_len);
     hdr_start(&h, "Subject");
     hdr_text(&h, subject);
     hdr_end(&h);
+    free(subject);
     hdr_start(&h, "Message-ID");
     hdr_token(&h, msg->message_id, strlen(msg->message_id));
     hdr_end(&h);
@@ -972,7 +983,7 @@ static int classify(CURLcode rc, const struct session *ss,
                             s->smtp_url);
     if (rc == CURLE_USE_SSL_FAILED)
         return md_error_set(err, MD_E_TLS,
-                            "mail: %s did not offer STARTTLS or refused it "
+                            "mail: %s did not offer STARTTLS or rejected it "
                             "(%s); no mail was sent, because mdhunt never "
                             "sends mail in clear text.  Use a server that "
                             "offers STARTTLS, or smtps:// for implicit TLS",
@@ -1054,8 +1065,10 @@ int md_mail_send(const struct md_mail_settings *s, const char *bytes,
     curl = curl_easy_init();
     if (curl == NULL || setup_handle(curl, s, &ss, from_path, rcpts,
                                      errbuf) != 0) {
+        res->outcome = MD_MAIL_TEMPORARY;
         md_error_set(err, MD_E_INTERNAL,
-                     "mail: cannot set up libcurl for SMTP");
+                     "mail: setting up libcurl for SMTP failed (out of "
+                     "memory, or a libcurl without SMTP or TLS)");
         goto out;
     }
 

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "mdhunt/output.h"
+
 #define PORTAL_MACHINE_URL "https://security.microsoft.com/machines/v2/"
 #define MITRE_TECHNIQUE_URL "https://attack.mitre.org/techniques/"
 
@@ -133,7 +135,7 @@ static const char *const *keep_strings(struct md_digest *d,
 }
 
 /*
- * Make room for element n + 1 of an array that holds n.  The capacity is
+ * Make room for element n + 1 of an array that contains n.  The capacity is
  * implied by n: 16 up to 16 elements, then the next power of two, so the
  * array grows only when n is 16 or a larger power of two.
  */
@@ -302,23 +304,34 @@ static const char *device_key(const struct md_digest_hit *hit)
     return "";
 }
 
+static int compare_keys(const void *a, const void *b)
+{
+    return md_strcasecmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 size_t md_digest_count_devices(const struct md_digest *d,
                                enum md_change change)
 {
+    const char **keys = malloc((d->nhits > 0 ? d->nhits : 1) *
+                               sizeof(*keys));
+    size_t nkeys = 0;
     size_t count = 0;
 
+    /* NOTE: without memory for the sort, every hit counts as a device. */
     for (size_t i = 0; i < d->nhits; i++) {
-        const char *key = device_key(&d->hits[i]);
-        int seen = 0;
-
         if (d->hits[i].change != change)
             continue;
-        for (size_t j = 0; j < i && !seen; j++)
-            seen = d->hits[j].change == change &&
-                   md_strcasecmp(device_key(&d->hits[j]), key) == 0;
-        if (!seen)
-            count++;
+        if (keys != NULL)
+            keys[nkeys] = device_key(&d->hits[i]);
+        nkeys++;
     }
+    if (keys == NULL)
+        return nkeys;
+
+    qsort(keys, nkeys, sizeof(*keys), compare_keys);
+    for (size_t i = 0; i < nkeys; i++)
+        count += i == 0 || md_strcasecmp(keys[i - 1], keys[i]) != 0;
+    free(keys);
     return count;
 }
 
@@ -517,28 +530,6 @@ int md_html_escape(struct md_buf *out, const char *s)
     return rc;
 }
 
-int md_csv_cell(struct md_buf *out, const char *value)
-{
-    const char *v = value != NULL ? value : "";
-    int formula = strchr("=+-@\t\r", v[0]) != NULL && v[0] != '\0';
-    int quote = formula || strpbrk(v, ",\"\r\n") != NULL;
-    int rc = 0;
-
-    if (quote)
-        rc = md_buf_putc(out, '"');
-    if (rc == 0 && formula)
-        rc = md_buf_putc(out, '\'');
-    for (; *v != '\0' && rc == 0; v++) {
-        if (*v == '"')
-            rc = md_buf_putc(out, '"');
-        if (rc == 0)
-            rc = md_buf_putc(out, *v);
-    }
-    if (rc == 0 && quote)
-        rc = md_buf_putc(out, '"');
-    return rc;
-}
-
 static int url_encode(struct md_buf *out, const char *s)
 {
     static const char digits[] = "0123456789ABCDEF";
@@ -698,19 +689,21 @@ static int severity_rank(const char *severity)
     return -1;
 }
 
+/* A case hit and the key of its device. */
+struct keyed_hit {
+    const char *key;
+    size_t hit;
+};
+
 /* One device of the body, with the hits of every rule that found it. */
 struct device_group {
+    struct keyed_hit key;   /* the device key and its first hit */
     size_t first;           /* into the sorted hit index */
     size_t count;
     int severity;           /* highest severity of its rules */
     md_instant first_seen;  /* earliest over its hits; 0: unknown */
     md_instant last_seen;   /* latest */
     md_instant observed;    /* earliest */
-};
-
-struct keyed_hit {
-    const char *key;
-    size_t hit;
 };
 
 struct grouping {
@@ -721,6 +714,8 @@ struct grouping {
     const struct md_digest *digest;
 };
 
+/* Whether a hit is one the body lists by device: new, returned or
+ * renamed. */
 static int is_case(enum md_change change)
 {
     return change == MD_CHANGE_NEW || change == MD_CHANGE_RETURNED ||
@@ -747,12 +742,12 @@ static md_instant min_known(md_instant a, md_instant b)
     return a < b ? a : b;
 }
 
-/* Most severe first, then the earliest telemetry, then by key. */
-static int compare_groups(const void *a, const void *b, const void *ctx)
+/* Most severe first, then the earliest telemetry, then by key; the key
+ * and the first hit's index are unique, so the order is total. */
+static int compare_groups(const void *a, const void *b)
 {
     const struct device_group *x = a;
     const struct device_group *y = b;
-    const struct grouping *g = ctx;
     md_instant tx = min_known(x->first_seen, x->observed);
     md_instant ty = min_known(y->first_seen, y->observed);
 
@@ -760,24 +755,7 @@ static int compare_groups(const void *a, const void *b, const void *ctx)
         return y->severity - x->severity;
     if (tx != ty)
         return (tx > ty) - (tx < ty);
-    return compare_keyed(&g->order[x->first], &g->order[y->first]);
-}
-
-/* Insertion sort with a context, because qsort has none in C11; the
- * group count is bounded by the hit count, and hits are sorted already
- * enough that this stays close to linear in practice. */
-static void sort_groups(struct grouping *g)
-{
-    for (size_t i = 1; i < g->ngroups; i++) {
-        struct device_group item = g->groups[i];
-        size_t j = i;
-
-        while (j > 0 && compare_groups(&g->groups[j - 1], &item, g) > 0) {
-            g->groups[j] = g->groups[j - 1];
-            j--;
-        }
-        g->groups[j] = item;
-    }
+    return compare_keyed(&x->key, &y->key);
 }
 
 static void grouping_free(struct grouping *g)
@@ -816,6 +794,7 @@ static int group_devices(const struct md_digest *d, struct grouping *g)
         if (i == 0 || md_strcasecmp(g->order[i - 1].key,
                                     g->order[i].key) != 0) {
             group = &g->groups[g->ngroups++];
+            group->key = g->order[i];
             group->first = i;
             group->severity = -1;
         }
@@ -828,7 +807,7 @@ static int group_devices(const struct md_digest *d, struct grouping *g)
         if (hit->last_seen > group->last_seen)
             group->last_seen = hit->last_seen;
     }
-    sort_groups(g);
+    qsort(g->groups, g->ngroups, sizeof(*g->groups), compare_groups);
     return 0;
 }
 
@@ -928,8 +907,8 @@ static int safe_kql_id(const char *id)
     return 1;
 }
 
-/* The pivot query, each line preceded by indent; "" when the id is not
- * safe to quote. */
+/* Write the pivot query, each line preceded by indent.  The caller checks
+ * the id with safe_kql_id() first. */
 static void put_pivot(struct writer *w, const char *indent, const char *id,
                       md_instant around)
 {
@@ -1047,7 +1026,7 @@ static void text_device(struct writer *w, const struct grouping *g,
     put(w, "\n");
 }
 
-/* Count of a rule's hits of one change, and the hits' names for gone. */
+/* Count a rule's hits of one change. */
 static size_t rule_hits(const struct md_digest *d, size_t rule,
                         enum md_change change)
 {
@@ -1061,7 +1040,7 @@ static size_t rule_hits(const struct md_digest *d, size_t rule,
 static void text_gone(struct writer *w, const struct md_digest *d,
                       size_t rule, size_t ngone)
 {
-    size_t shown = 0;
+    size_t named = 0;
 
     putf(w, "  Gone: %zu device%s not seen", ngone, ngone == 1 ? "" : "s");
     if (d->rules[rule].gone_after > 0) {
@@ -1069,19 +1048,19 @@ static void text_gone(struct writer *w, const struct md_digest *d,
         put_duration(w, d->rules[rule].gone_after);
     }
     put(w, ": ");
-    for (size_t i = 0; i < d->nhits && shown < GONE_NAMES_MAX; i++) {
+    for (size_t i = 0; i < d->nhits && named < GONE_NAMES_MAX; i++) {
         const struct md_digest_hit *hit = &d->hits[i];
 
         if (hit->rule != rule || hit->change != MD_CHANGE_GONE)
             continue;
-        put(w, shown > 0 ? ", " : "");
+        put(w, named > 0 ? ", " : "");
         put_text(w, hit->device_name != NULL ? hit->device_name
                                              : device_key(hit),
                  MD_REPORT_VALUE_MAX);
-        shown++;
+        named++;
     }
-    if (ngone > shown)
-        putf(w, " and %zu more", ngone - shown);
+    if (ngone > named)
+        putf(w, " and %zu more", ngone - named);
     put(w, "\n");
 }
 
@@ -1221,11 +1200,11 @@ int md_report_text(const struct md_digest *d,
 {
     struct writer w = { out, MD_BUF_INIT, d->generated, 0 };
     struct grouping g;
-    size_t shown;
+    size_t in_body;
 
     if (group_devices(d, &g) != 0)
         return md_error_set(err, MD_E_INTERNAL, "out of memory");
-    shown = body_rows(opts, g.ngroups);
+    in_body = body_rows(opts, g.ngroups);
 
     put(&w, "mdhunt digest for tenant ");
     put_text(&w, d->tenant, MD_REPORT_VALUE_MAX);
@@ -1236,11 +1215,11 @@ int md_report_text(const struct md_digest *d,
     put(&w, ".\n\n== Devices\n\n");
     if (g.ngroups == 0)
         put(&w, "No new, returned or renamed devices.\n\n");
-    for (size_t i = 0; i < shown; i++)
+    for (size_t i = 0; i < in_body; i++)
         text_device(&w, &g, &g.groups[i], i + 1);
-    if (g.ngroups > shown)
+    if (g.ngroups > in_body)
         putf(&w, "... and %zu more device%s in the attached CSV.\n\n",
-             g.ngroups - shown, g.ngroups - shown == 1 ? "" : "s");
+             g.ngroups - in_body, g.ngroups - in_body == 1 ? "" : "s");
 
     put(&w, "== Rules\n\n");
     for (size_t i = 0; i < d->nrules; i++)
@@ -1377,7 +1356,7 @@ static void html_rule(struct writer *w, const struct md_digest *d,
     const struct md_digest_rule *rule = &d->rules[index];
     size_t nbaseline = rule_hits(d, index, MD_CHANGE_BASELINE);
     size_t ngone = rule_hits(d, index, MD_CHANGE_GONE);
-    size_t shown = 0;
+    size_t named = 0;
 
     put(w, "<li><b>");
     put_html(w, rule_title(rule), MD_REPORT_VALUE_MAX);
@@ -1412,19 +1391,19 @@ static void html_rule(struct writer *w, const struct md_digest *d,
             put_duration(w, rule->gone_after);
         }
         put(w, ": ");
-        for (size_t i = 0; i < d->nhits && shown < GONE_NAMES_MAX; i++) {
+        for (size_t i = 0; i < d->nhits && named < GONE_NAMES_MAX; i++) {
             const struct md_digest_hit *hit = &d->hits[i];
 
             if (hit->rule != index || hit->change != MD_CHANGE_GONE)
                 continue;
-            put(w, shown > 0 ? ", " : "");
+            put(w, named > 0 ? ", " : "");
             put_html(w, hit->device_name != NULL ? hit->device_name
                                                  : device_key(hit),
                      MD_REPORT_VALUE_MAX);
-            shown++;
+            named++;
         }
-        if (ngone > shown)
-            putf(w, " and %zu more", ngone - shown);
+        if (ngone > named)
+            putf(w, " and %zu more", ngone - named);
     }
     put(w, "</li>\n");
 }
@@ -1486,11 +1465,11 @@ int md_report_html(const struct md_digest *d,
 {
     struct writer w = { out, MD_BUF_INIT, d->generated, 0 };
     struct grouping g;
-    size_t shown;
+    size_t in_body;
 
     if (group_devices(d, &g) != 0)
         return md_error_set(err, MD_E_INTERNAL, "out of memory");
-    shown = body_rows(opts, g.ngroups);
+    in_body = body_rows(opts, g.ngroups);
 
     put(&w, "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
         "<title>mdhunt digest</title>\n</head>\n");
@@ -1504,11 +1483,11 @@ int md_report_html(const struct md_digest *d,
     put(&w, ".</p>\n<h3>Devices</h3>\n");
     if (g.ngroups == 0)
         put(&w, "<p>No new, returned or renamed devices.</p>\n");
-    for (size_t i = 0; i < shown; i++)
+    for (size_t i = 0; i < in_body; i++)
         html_device(&w, &g, &g.groups[i]);
-    if (g.ngroups > shown)
+    if (g.ngroups > in_body)
         putf(&w, "<p>... and %zu more device%s in the attached CSV.</p>\n",
-             g.ngroups - shown, g.ngroups - shown == 1 ? "" : "s");
+             g.ngroups - in_body, g.ngroups - in_body == 1 ? "" : "s");
 
     put(&w, "<h3>Rules</h3>\n<ul>\n");
     for (size_t i = 0; i < d->nrules; i++)
@@ -1530,7 +1509,8 @@ static const char *const csv_fixed_columns[] = {
 
 #define CSV_FIXED (sizeof(csv_fixed_columns) / sizeof(csv_fixed_columns[0]))
 
-/* The result column names of every hit, in order of first appearance. */
+/* The result column names of the hits in the CSV, in order of first
+ * appearance. */
 struct name_list {
     const char **names;
     size_t n;
@@ -1563,108 +1543,143 @@ static int collect_columns(const struct md_digest *d, struct name_list *l)
     return 0;
 }
 
-static void csv_cell(struct writer *w, const char *value, int first)
+/* A CSV stream that remembers the first failed write. */
+struct csv {
+    FILE *f;
+    int failed;
+};
+
+/* Write a field, neutralised against formulas; NULL writes an empty
+ * field. */
+static void csv_field(struct csv *c, const char *value, int first)
 {
-    if (!first)
-        put(w, ",");
-    if (!w->failed && md_csv_cell(w->out, value) != 0)
-        w->failed = 1;
+    if (c->failed)
+        return;
+    if (!first && putc(',', c->f) == EOF)
+        c->failed = 1;
+    else if (value != NULL &&
+             md_csv_write_field(c->f, value, strlen(value), 1) != 0)
+        c->failed = 1;
 }
 
-static void csv_time_cell(struct writer *w, md_instant t)
+static void csv_time_field(struct csv *c, md_instant t)
 {
     char text[MD_TIME_TEXT_MAX];
 
-    csv_cell(w, t != 0 ? md_time_format_seconds(t, text, sizeof(text)) : "",
-             0);
+    csv_field(c, t != 0 ? md_time_format_seconds(t, text, sizeof(text))
+                        : NULL, 0);
 }
 
-static void csv_joined_cell(struct writer *w, const char *const *v, size_t n)
+/* Write several values as one field, separated by ";". */
+static void csv_joined_field(struct csv *c, struct md_buf *tmp,
+                             const char *const *v, size_t n)
 {
-    md_buf_reset(&w->tmp);
-    for (size_t i = 0; i < n && !w->failed; i++) {
-        if ((i > 0 && md_buf_puts(&w->tmp, ";") != 0) ||
-            md_buf_puts(&w->tmp, v[i]) != 0)
-            w->failed = 1;
+    md_buf_reset(tmp);
+    for (size_t i = 0; i < n && !c->failed; i++) {
+        if ((i > 0 && md_buf_puts(tmp, ";") != 0) ||
+            md_buf_puts(tmp, v[i]) != 0)
+            c->failed = 1;
     }
-    csv_cell(w, w->tmp.data != NULL ? w->tmp.data : "", 0);
+    csv_field(c, n > 0 ? tmp->data : NULL, 0);
 }
 
-static void csv_row(struct writer *w, const struct md_digest *d,
+static void csv_row(struct csv *c, const struct md_digest *d,
                     const struct md_digest_hit *hit,
-                    const struct name_list *extra)
+                    const struct name_list *extra, struct md_buf *tmp)
 {
     const struct md_digest_rule *rule = &d->rules[hit->rule];
-    struct md_buf url = MD_BUF_INIT;
+    struct writer url = { tmp, MD_BUF_INIT, 0, 0 };
 
-    csv_cell(w, md_change_name(hit->change), 1);
-    csv_cell(w, hit->change == MD_CHANGE_BASELINE ? "review" : "", 0);
-    csv_cell(w, hit->device_name, 0);
-    csv_cell(w, hit->device_id, 0);
-    csv_cell(w, hit->previous_name, 0);
-    csv_time_cell(w, hit->first_seen);
-    csv_time_cell(w, hit->last_seen);
-    csv_time_cell(w, hit->observed);
-    csv_cell(w, rule->rule_id, 0);
-    csv_cell(w, rule->name, 0);
-    csv_cell(w, rule->severity, 0);
-    csv_joined_cell(w, rule->tactics, rule->ntactics);
-    csv_joined_cell(w, rule->techniques, rule->ntechniques);
+    csv_field(c, md_change_name(hit->change), 1);
+    csv_field(c, hit->change == MD_CHANGE_BASELINE ? "review" : NULL, 0);
+    csv_field(c, hit->device_name, 0);
+    csv_field(c, hit->device_id, 0);
+    csv_field(c, hit->previous_name, 0);
+    csv_time_field(c, hit->first_seen);
+    csv_time_field(c, hit->last_seen);
+    csv_time_field(c, hit->observed);
+    csv_field(c, rule->rule_id, 0);
+    csv_field(c, rule->name, 0);
+    csv_field(c, rule->severity, 0);
+    csv_joined_field(c, tmp, rule->tactics, rule->ntactics);
+    csv_joined_field(c, tmp, rule->techniques, rule->ntechniques);
+    md_buf_reset(tmp);
     if (hit->device_id != NULL && hit->device_id[0] != '\0') {
-        struct writer uw = { &url, MD_BUF_INIT, 0, 0 };
-
-        put_portal_url(&uw, d->tenant, hit->device_id);
-        w->failed |= uw.failed;
+        put_portal_url(&url, d->tenant, hit->device_id);
+        c->failed |= url.failed;
     }
-    csv_cell(w, url.data, 0);
-    md_buf_free(&url);
+    csv_field(c, tmp->len > 0 ? tmp->data : NULL, 0);
 
     for (size_t k = 0; k < extra->n; k++) {
         const char *value = NULL;
 
-        for (size_t c = 0; c < hit->ncolumns; c++) {
-            if (strcmp(hit->columns[c].name, extra->names[k]) == 0) {
-                value = hit->columns[c].value;
+        for (size_t i = 0; i < hit->ncolumns; i++) {
+            if (strcmp(hit->columns[i].name, extra->names[k]) == 0) {
+                value = hit->columns[i].value;
                 break;
             }
         }
-        csv_cell(w, value, 0);
+        csv_field(c, value, 0);
     }
-    put(w, "\r\n");
+    if (!c->failed && fputs("\r\n", c->f) == EOF)
+        c->failed = 1;
+}
+
+static void csv_rows(struct csv *c, const struct md_digest *d,
+                     const struct grouping *g, const struct name_list *extra,
+                     struct md_buf *tmp)
+{
+    for (size_t i = 0; i < CSV_FIXED; i++)
+        csv_field(c, csv_fixed_columns[i], i == 0);
+    for (size_t k = 0; k < extra->n; k++)
+        csv_field(c, extra->names[k], 0);
+    if (!c->failed && fputs("\r\n", c->f) == EOF)
+        c->failed = 1;
+
+    /* Devices in the body's order, then the baselines. */
+    for (size_t i = 0; i < g->ngroups; i++) {
+        for (size_t h = 0; h < g->groups[i].count; h++)
+            csv_row(c, d, group_hit(g, &g->groups[i], h), extra, tmp);
+    }
+    for (size_t i = 0; i < d->nhits; i++) {
+        if (d->hits[i].change == MD_CHANGE_BASELINE)
+            csv_row(c, d, &d->hits[i], extra, tmp);
+    }
 }
 
 int md_report_csv(const struct md_digest *d, struct md_buf *out,
                   struct md_error *err)
 {
-    struct writer w = { out, MD_BUF_INIT, d->generated, 0 };
-    struct name_list extra;
+    struct md_buf tmp = MD_BUF_INIT;
+    struct name_list extra = { NULL, 0 };
+    struct csv c = { NULL, 0 };
     struct grouping g;
+    char *data = NULL;
+    size_t size = 0;
+    int failed;
 
     if (group_devices(d, &g) != 0)
         return md_error_set(err, MD_E_INTERNAL, "out of memory");
-    if (collect_columns(d, &extra) != 0) {
-        grouping_free(&g);
-        return md_error_set(err, MD_E_INTERNAL, "out of memory");
-    }
+    /* The rows go through output.c's field writer, which needs a stream,
+     * so they are written to memory first. */
+    c.f = open_memstream(&data, &size);
+    c.failed = c.f == NULL || collect_columns(d, &extra) != 0;
+    if (!c.failed)
+        csv_rows(&c, d, &g, &extra, &tmp);
+    failed = c.failed;
+    if (c.f != NULL && fclose(c.f) != 0)
+        failed = 1;
+    if (!failed && md_buf_append(out, data, size) != 0)
+        failed = 1;
 
-    for (size_t i = 0; i < CSV_FIXED; i++)
-        csv_cell(&w, csv_fixed_columns[i], i == 0);
-    for (size_t k = 0; k < extra.n; k++)
-        csv_cell(&w, extra.names[k], 0);
-    put(&w, "\r\n");
-
-    /* Devices in the body's order, then the baselines. */
-    for (size_t i = 0; i < g.ngroups; i++) {
-        for (size_t h = 0; h < g.groups[i].count; h++)
-            csv_row(&w, d, group_hit(&g, &g.groups[i], h), &extra);
-    }
-    for (size_t i = 0; i < d->nhits; i++) {
-        if (d->hits[i].change == MD_CHANGE_BASELINE)
-            csv_row(&w, d, &d->hits[i], &extra);
-    }
+    free(data);
     free(extra.names);
+    md_buf_free(&tmp);
     grouping_free(&g);
-    return writer_finish(&w, err);
+    if (failed)
+        return md_error_set(err, MD_E_INTERNAL,
+                            "out of memory while rendering the CSV");
+    return 0;
 }
 
 void md_report_csv_name(const struct md_digest *d, char *buf, size_t size)

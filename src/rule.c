@@ -1574,30 +1574,36 @@ out:
     return rc;
 }
 
+int md_rule_load_buffer(const char *name, const char *data, size_t len,
+                        struct md_rule **out, struct md_error *err)
+{
+    *out = NULL;
+    if (len > RULE_FILE_MAX)
+        return md_error_set(err, MD_E_RULE, "%s: larger than %u bytes; "
+                            "this is not a rule file", name, RULE_FILE_MAX);
+    if (check_utf8(name, data, len, err) != 0)
+        return -1;
+
+    if (len >= 3 && memcmp(data, "\xEF\xBB\xBF", 3) == 0) {
+        data += 3;
+        len -= 3;
+    }
+    if (format_of(base_name(name)) == FORMAT_KQL)
+        return load_kql(name, data, len, out, err);
+    return load_yaml(name, data, len, out, err);
+}
+
 int md_rule_load(const char *path, struct md_rule **out,
                  struct md_error *err)
 {
     char *data = NULL;
-    const char *text;
     size_t len = 0;
-    int rc = -1;
+    int rc;
 
     *out = NULL;
     if (read_file(path, &data, &len, err) != 0)
         return -1;
-    if (check_utf8(path, data, len, err) != 0)
-        goto out;
-
-    text = data;
-    if (len >= 3 && memcmp(data, "\xEF\xBB\xBF", 3) == 0) {
-        text += 3;
-        len -= 3;
-    }
-    if (format_of(base_name(path)) == FORMAT_KQL)
-        rc = load_kql(path, text, len, out, err);
-    else
-        rc = load_yaml(path, text, len, out, err);
-out:
+    rc = md_rule_load_buffer(path, data, len, out, err);
     free(data);
     return rc;
 }

@@ -285,6 +285,8 @@ static md_instant default_now(void *ctx)
     return md_now();
 }
 
+#define MAX_TIMER_SECONDS ((time_t)(INT64_MAX / 1000000000 - 1))
+
 static struct timespec instant_to_timespec(md_instant t)
 {
     struct timespec ts;
@@ -298,8 +300,10 @@ static struct timespec instant_to_timespec(md_instant t)
     }
     ts.tv_sec = (time_t)(t / MD_TICKS_PER_SECOND);
     ts.tv_nsec = (long)(t % MD_TICKS_PER_SECOND) * 100;
-    if (ts.tv_sec == 0 && ts.tv_nsec == 0)
-        ts.tv_nsec = 1;
+    /* Linux keeps timers in signed 64-bit nanoseconds (until 2262);
+     * "never" becomes the latest time it can hold. */
+    if (ts.tv_sec > MAX_TIMER_SECONDS)
+        ts.tv_sec = MAX_TIMER_SECONDS;
     return ts;
 }
 
@@ -332,9 +336,9 @@ static void default_sleep_until(md_instant deadline, void *ctx)
     memset(&its, 0, sizeof(its));
     its.it_value = instant_to_timespec(realtime_deadline(deadline));
 
-    /* Block the signals first, so that one arriving between the check
-     * below and the wait cannot be lost until the deadline; ppoll()
-     * unblocks them atomically. */
+    /* Block the signals before the check below, so that one arriving
+     * between the check and the wait is not lost until the deadline.
+     * ppoll() unblocks them atomically while it waits. */
     sigemptyset(&block);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGTERM);
@@ -344,22 +348,24 @@ static void default_sleep_until(md_instant deadline, void *ctx)
         goto out;
 
     fd = timerfd_create(CLOCK_REALTIME, TFD_CLOEXEC);
-    if (fd < 0) {
-        md_debug("timerfd_create failed (%s); sleeping with "
-                 "clock_nanosleep", strerror(errno));
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &its.it_value, NULL);
-        return;
-    }
-    if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) == 0) {
+    if (fd >= 0 && timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) == 0) {
         pfd.fd = fd;
         pfd.events = POLLIN;
         pfd.revents = 0;
         ppoll(&pfd, 1, NULL, &old);
-    } else {
-        md_error_log("cannot arm the wake-up timer: %s", strerror(errno));
+        close(fd);
+        goto out;
     }
-    close(fd);
+
+    /* NOTE: without a timerfd a signal that arrives between unblocking
+     * and clock_nanosleep() waits for the deadline to be noticed. */
+    md_warn("cannot set up the wake-up timer (%s); sleeping with "
+            "clock_nanosleep instead", strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &its.it_value, NULL);
+    return;
 
 out:
     sigprocmask(SIG_SETMASK, &old, NULL);

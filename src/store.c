@@ -12,6 +12,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mdhunt/buf.h"
 #include "mdhunt/log.h"
@@ -427,6 +428,16 @@ static int bind_text(sqlite3_stmt *stmt, int idx, const char *s)
     return sqlite3_bind_text(stmt, idx, s, -1, SQLITE_TRANSIENT);
 }
 
+/* Bind a string without copying it, so that no allocation can fail.  The
+ * string must outlive every step of the statement. */
+static void bind_static(sqlite3_stmt *stmt, int idx, const char *s)
+{
+    if (s == NULL)
+        sqlite3_bind_null(stmt, idx);
+    else
+        sqlite3_bind_text(stmt, idx, s, -1, SQLITE_STATIC);
+}
+
 static int bind_time(sqlite3_stmt *stmt, int idx, md_instant t)
 {
     if (t == MD_STORE_TIME_NONE)
@@ -839,6 +850,11 @@ static int open_connection(struct md_store *st, int flags,
     if (rc != SQLITE_OK) {
         if (st->db == NULL)
             return oom(err);
+        if ((flags & SQLITE_OPEN_CREATE) == 0 && access(st->path, F_OK) != 0)
+            return md_error_set(err, MD_E_STORE,
+                                "store %s: not found; `mdhunt run` creates "
+                                "it on its first run, or set [store] path",
+                                st->path);
         return db_error(st, st->db, "open the database", err);
     }
     sqlite3_extended_result_codes(st->db, 1);
@@ -851,6 +867,7 @@ static int enable_wal(struct md_store *st, struct md_error *err)
 {
     sqlite3_stmt *stmt;
     const unsigned char *mode;
+    int persist = 1;
     int ok;
 
     if (prepare(st, SQL_WAL, &stmt, err) != 0)
@@ -869,7 +886,18 @@ static int enable_wal(struct md_store *st, struct md_error *err)
                      "supports shared memory", st->path,
                      mode != NULL ? (const char *)mode : "(unknown)");
     sqlite3_finalize(stmt);
-    return ok ? 0 : -1;
+    if (!ok)
+        return -1;
+
+    /* Keep the -wal and -shm files after close: SQLite can open a WAL
+     * database read-only only when they exist or can be created, and a
+     * reader may lack write access to the store's directory. */
+    if (sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL,
+                             &persist) != SQLITE_OK)
+        md_warn("store %s: cannot keep the WAL file after close; reading "
+                "commands may fail without write access to its directory",
+                st->path);
+    return 0;
 }
 
 static int mark_interrupted(struct md_store *st, struct md_error *err)
@@ -1575,7 +1603,7 @@ static int load_last_ok(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_LAST_OK_RUN, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW) {
         state->last_ok_run = sqlite3_column_int64(stmt, 0);
@@ -1600,8 +1628,8 @@ static int load_reference_run(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_QUERY_EPOCH_START, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
-    bind_text(stmt, 2, state->last_ok_query_hash);
+    bind_static(stmt, 1, rule_id);
+    bind_static(stmt, 2, state->last_ok_query_hash);
     rc = query_int64(st, stmt, state->last_ok_run, &epoch_start,
                      "find the first run of the current query", err);
     sqlite3_finalize(stmt);
@@ -1610,7 +1638,7 @@ static int load_reference_run(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_LAST_COMPLETE_RUN, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     sqlite3_bind_int64(stmt, 2, epoch_start);
     rc = query_int64(st, stmt, epoch_start, &complete,
                      "find the last complete run", err);
@@ -1636,7 +1664,7 @@ int md_store_load_state(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_STATE_ENTITIES, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     sqlite3_bind_int64(stmt, 2, state->reference_run != 0
                                     ? state->reference_run : INT64_MAX);
     rc = read_entities(st, stmt, 0, &state->entities, &state->nentities,
@@ -1745,7 +1773,7 @@ int md_store_last_ok_run(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_ANY_LAST_OK_RUN, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     rc = query_int64(st, stmt, 0, run_id, "find the last successful run",
                      err);
     sqlite3_finalize(stmt);
@@ -1760,7 +1788,7 @@ int md_store_last_due(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_LAST_DUE, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     rc = query_int64(st, stmt, MD_STORE_TIME_NONE, due,
                      "read the last due time", err);
     sqlite3_finalize(stmt);
@@ -1775,7 +1803,7 @@ static int read_rule(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_RULE_GET, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     rc = sqlite3_step(stmt);
     if (rc == SQLITE_DONE) {
         sqlite3_finalize(stmt);
@@ -1822,7 +1850,7 @@ int md_store_rule_status(struct md_store *st, const char *rule_id,
 
     if (prepare(st, SQL_RULE_SUMMARY, &stmt, err) != 0)
         goto fail;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     rc = sqlite3_step(stmt);
     if (rc != SQLITE_ROW) {
         db_error(st, st->db, "summarise the rule's runs", err);
@@ -1931,7 +1959,7 @@ int md_store_devices(struct md_store *st, const char *rule_id,
     *n = 0;
     if (prepare(st, SQL_DEVICES, &stmt, err) != 0)
         return -1;
-    bind_text(stmt, 1, rule_id);
+    bind_static(stmt, 1, rule_id);
     bind_time(stmt, 2, since);
     rc = read_entities(st, stmt, 1, out, n, err);
     sqlite3_finalize(stmt);

@@ -72,9 +72,9 @@ void md_diff_free(struct md_diff *d);
  * first after its query changed, unless first_run is "report".  In a
  * baseline every key gets a baseline event and none is new.
  *
- * Errors: MD_E_RULE when the result has no usable key (naming the rule,
- * its columns and the [rule "ID"] key to set) or lacks the track or key
- * column configured; MD_E_INTERNAL when out of memory.
+ * Errors: MD_E_RULE when a result with rows has no usable key (naming
+ * the rule, its columns and the [rule "ID"] key to set) or lacks the
+ * track or key column configured; MD_E_INTERNAL when out of memory.
  */
 int md_diff_compute(const struct md_diff_options *opts,
                     const struct md_run *run, const struct md_table *table,
@@ -110,7 +110,8 @@ int md_diff_record_run(struct md_store *st, int64_t run_id,
  *   {"format": "mdhunt.diff/1",
  *    "rule": {"id", "name", "file"},
  *    "run": {"id", "status", "tenant", "backend", "due", "started",
- *            "ended", "rows", "truncated", "query_hash", "period"},
+ *            "ended", "rows", "truncated", "query_hash",
+ *            "exclusions_hash", "period", "error"},
  *    "baseline": bool,
  *    "new": [rows], "gone": [rows], "returned": [rows],
  *    "renamed": [rows], "baseline_rows": [rows], "empty_key": [rows],
@@ -120,8 +121,10 @@ int md_diff_record_run(struct md_store *st, int64_t run_id,
  * "mdhunt_key" and "mdhunt_first_seen", and by kind "mdhunt_last_seen"
  * (returned, gone), "mdhunt_days_away" (returned), "mdhunt_old_name" and
  * "mdhunt_new_name" (renamed), "mdhunt_value" (tracked).  Tracked events
- * are listed under "new".  Times are md_time_format() text; a time that
- * is not known is null.  Returns a new reference, or NULL with err set.
+ * are listed under "new".  Times are md_time_format() text, or null when
+ * unknown.  "error" is null unless the run failed or was interrupted, and
+ * then contains "kind", "message", "http_status" and "request_id".  Returns
+ * a new reference, or NULL with err set.
  */
 json_t *md_diff_json(const struct md_run_diff *d, struct md_error *err);
 

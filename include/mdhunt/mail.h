@@ -7,7 +7,7 @@
  * They derive from the digest's fingerprint, never from random numbers.
  *
  * Delivery always uses TLS and verifies the server: smtp://host:587
- * requires STARTTLS (a server that does not offer it, or refuses it, gets
+ * requires STARTTLS (a server that does not offer it, or rejects it, gets
  * no mail, never clear text) and smtps://host:465 is implicit TLS.
  */
 #ifndef MDHUNT_MAIL_H
@@ -103,7 +103,7 @@ struct md_mail_result {
  * recipient accepted the message, else -1 with res->outcome and err set:
  *   temporary  MD_E_NETWORK (no connection, timeout, connection lost),
  *              MD_E_SERVICE with a 4xx reply, MD_E_TLS (handshake or
- *              certificate failure, STARTTLS not offered or refused),
+ *              certificate failure, STARTTLS not offered or rejected),
  *              MD_E_AUTH (login rejected), MD_E_INTERRUPTED (a stop
  *              request)
  *   permanent  MD_E_SERVICE with a 5xx reply to MAIL, RCPT or DATA (all

@@ -18,7 +18,7 @@
 #include "mdhunt/error.h"
 #include "mdhunt/mdtime.h"
 
-/* How a device of a run compares with the rule's earlier runs. */
+/* The change of a device in a run against the rule's earlier runs. */
 enum md_change {
     MD_CHANGE_NEW = 0,      /* never seen by this rule before */
     MD_CHANGE_RETURNED,     /* seen before, then gone, now back */
@@ -136,7 +136,7 @@ size_t md_digest_count_devices(const struct md_digest *d,
 /* Consecutive failures after which a rule's health forces a digest out. */
 #define MD_HEALTH_MAX_FAILURES 3
 
-/* Why a digest is sent; MD_SEND_REASON_NONE means it is not sent. */
+/* The reason to send a digest; MD_SEND_REASON_NONE means none. */
 enum md_send_reason {
     MD_SEND_REASON_NONE = 0,
     MD_SEND_REASON_ALWAYS,      /* send_when = always */
@@ -149,12 +149,13 @@ enum md_send_reason {
 };
 
 /*
- * Decide whether to send a digest at now.  never sends nothing; always
- * sends everything; new sends when a device is new, returned or renamed,
- * when a baseline waits for review, or when a rule's health is bad (a
- * failing rule or a stale last success), so that an expired secret never
- * looks like a quiet week.  A rule that never succeeded is stale when its
- * first run is older than twice its frequency.
+ * Decide whether to send a digest at now.  send_when = never sends
+ * nothing, and always sends every digest.  new sends when a device is
+ * new, returned or renamed, or when a baseline waits for review.  It also
+ * sends when a rule's health is bad (a failing rule or a stale last
+ * success), so that an expired secret does not look like a quiet week.
+ * A rule that never succeeded is stale when its first run is older than
+ * twice its frequency.
  */
 enum md_send_reason md_digest_should_send(const struct md_digest *d,
                                           enum md_send_when when,
@@ -205,8 +206,9 @@ int md_report_html(const struct md_digest *d,
 /*
  * Append the CSV attachment (RFC 4180, CRLF line ends, a header row): one
  * row per new, returned, renamed or baseline hit, baseline rows marked for
- * review, then one column per result column of any rule.  Cells that a
- * spreadsheet would read as a formula get a leading apostrophe.
+ * review, then one column per result column of any rule.  Fields are
+ * written by md_csv_write_field() with formula neutralisation, so a value
+ * starting with = + - @ tab or CR gets a leading apostrophe.
  */
 int md_report_csv(const struct md_digest *d, struct md_buf *out,
                   struct md_error *err);
@@ -214,13 +216,6 @@ int md_report_csv(const struct md_digest *d, struct md_buf *out,
 /* Write the attachment's name, "mdhunt-YYYYMMDD-HHMMSS.csv" from the
  * digest time, into buf (at least 32 bytes). */
 void md_report_csv_name(const struct md_digest *d, char *buf, size_t size);
-
-/*
- * Append a value to a CSV row as one cell: quoted when it contains a
- * comma, quote, CR or LF, and prefixed with an apostrophe when it starts
- * with = + - @ tab or CR.  NULL writes an empty cell.
- */
-int md_csv_cell(struct md_buf *out, const char *value);
 
 /* Append s with & < > " ' replaced by character references. */
 int md_html_escape(struct md_buf *out, const char *s);

@@ -66,6 +66,15 @@ struct md_rule {
 int md_rule_load(const char *path, struct md_rule **out,
                  struct md_error *err);
 
+/*
+ * Load a rule from len bytes of data as md_rule_load() loads a file of
+ * that content.  name is the file name used in messages and decides the
+ * format (.kql or YAML) and, for KQL, the id.  data need not be
+ * NUL-terminated.  Frees and returns like md_rule_load().
+ */
+int md_rule_load_buffer(const char *name, const char *data, size_t len,
+                        struct md_rule **out, struct md_error *err);
+
 /* Make a rule from KQL typed on the command line: id "adhoc", name NULL,
  * file set to label, which names it in messages (e.g. "-q").  The query
  * bytes are kept as given.  Free with md_rule_free(). */

@@ -3,17 +3,19 @@
  * runs, the daemon loop and reloading on SIGHUP.
  *
  * Schedule.  A rule runs every queryFrequency (else [schedule]
- * default_frequency).  Its due times lie on a grid that starts at the
- * due time of its first run: slot k is first_due + k * frequency.  A rule
- * that has never run is due at once.  Otherwise the rule's next slot is
- * the latest grid slot at or before now, or, when none has passed since
- * its last run, the next slot after it.  So after downtime an overdue
- * rule runs once, and the run after it falls on the first slot after
- * now.  A rule becomes ready at its slot plus a jitter in [0, [schedule]
- * jitter] seconds that is computed from the rule id and the slot, so
- * every process computes the same delay.  The store records the slot as
- * the run's due time.  An interrupted run does not use up its slot: the
- * rule is due again at once, so a restart repeats the run.
+ * default_frequency).  Its slots lie on a grid through the due time of
+ * its previous run: last_due + k * frequency.  A rule that has never run
+ * is due at once.  Otherwise its next slot is the latest slot at or
+ * before now, or the first one after last_due when none has passed yet.
+ * So after downtime an overdue rule runs once, and the run after it falls
+ * on the first slot after now.  A rule becomes ready at its slot plus a
+ * delay in [0, [schedule] jitter] whole seconds (kept below the
+ * frequency) that is a hash of the rule id and the slot, so every process
+ * computes the same delay.  The store records the slot as the run's due
+ * time.  An interrupted run does not use up its slot: its rule is due
+ * again at once, so a restart repeats the run.  A run forced before its
+ * slot (--all, --rule) is recorded as due at its start, which starts a
+ * new grid.
  *
  * Lock.  Only one runner may write to a store.  It holds an exclusive
  * flock() on STORE_PATH.lock (never on the database file, whose locks
@@ -22,8 +24,8 @@
  *
  * Signals.  SIGINT and SIGTERM set the stop request of interrupt.h: a
  * query in progress is aborted, its run is recorded as interrupted and
- * the runner stops.  SIGHUP asks the daemon to reload its configuration
- * and rules between runs.
+ * the runner stops.  SIGHUP requests that the daemon reload its
+ * configuration and rules between runs.
  */
 #ifndef MDHUNT_RUNNER_H
 #define MDHUNT_RUNNER_H
@@ -124,11 +126,10 @@ struct md_runner_hooks {
 
     /*
      * Sleep until deadline (an instant of now()) or until a signal
-     * arrives, whichever is first.  The default blocks SIGINT, SIGTERM
-     * and SIGHUP, returns at once when a stop or reload is pending, and
-     * otherwise waits in ppoll() on a CLOCK_REALTIME timerfd armed for
-     * the absolute deadline with those signals unblocked, so that it
-     * wakes only for the deadline or a signal.
+     * arrives, whichever is first.  The default returns at once when a
+     * stop or reload is pending.  Otherwise it waits in ppoll() on a
+     * CLOCK_REALTIME timerfd armed for the absolute deadline, so it
+     * wakes only for the deadline or a signal, never periodically.
      */
     void (*sleep_until)(md_instant deadline, void *ctx);
 
@@ -150,7 +151,7 @@ struct md_runner_options {
     const struct md_runner_hooks *hooks;    /* NULL: all defaults */
 };
 
-/* What one cycle did. */
+/* The outcome of one cycle. */
 struct md_cycle_result {
     size_t ran;             /* runs started */
     size_t ok;
@@ -205,7 +206,8 @@ int md_runner_next_wakeup(struct md_runner *r, md_instant *deadline,
 /*
  * Read the configuration file and the rules again.  On success the new
  * ones replace the old, and the rules added, removed and whose query
- * changed are logged.  On failure the old ones stay and err says why.
+ * changed are logged.  On failure the old ones stay and err describes
+ * the problem.
  * A changed [store] path is ignored with a warning, because the lock and
  * the open store belong to the old one.
  */

@@ -61,7 +61,8 @@ struct sqlite3;
 /*
  * Open the store at path.
  *
- * Read-write (flags 0): creates the file when missing, switches to WAL,
+ * Read-write (flags 0): creates the file when missing, switches to WAL
+ * (keeping the -wal and -shm files after close, for read-only openers),
  * applies pending migrations and marks runs still "running" (left by a
  * process that was killed) as "interrupted".  Only one process may write:
  * the caller must hold the runner lock before opening read-write, or it
@@ -279,6 +280,8 @@ int md_store_run_finish_failed(struct md_store *st, int64_t run_id,
  * Queue a report covering run_ids (all of them must exist) in its own
  * transaction, state "pending", due at created.  Sets *outbox_id.  The
  * message bytes are filled later by the mail composer.
+ * NOTE: the store has no functions yet to read the outbox or to change an
+ * item's state; the mail delivery code has to add them.
  */
 int md_store_outbox_add(struct md_store *st, md_instant created,
                         const int64_t *run_ids, size_t nrun_ids,

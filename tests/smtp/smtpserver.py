@@ -9,9 +9,9 @@ the listening port goes to --port-file once the server accepts connections.
 TLS modes (--tls):
   starttls  offer STARTTLS and require it before MAIL (the default)
   implicit  TLS from the first byte, as smtps:// on port 465
-  refuse    offer STARTTLS in EHLO but reply 454 to it; mail in clear text
-            is accepted, so a client that falls back would be caught
-  none      offer no STARTTLS; mail in clear text is accepted, as above
+  reject    offer STARTTLS in EHLO but reply 454 to it.  Mail in clear
+            text is accepted, so a client that falls back is caught.
+  none      offer no STARTTLS.  Mail in clear text is accepted, as above.
 
 Each accepted message is saved into --save-dir as NNNN.eml (the bytes
 received after DATA, dot-unstuffed) and NNNN.json (envelope sender,
@@ -126,7 +126,7 @@ def write_atomically(path, data):
     os.replace(tmp, path)
 
 
-class RefusingSMTP(SMTP):
+class StarttlsRejectingSMTP(SMTP):
     """An SMTP server that offers STARTTLS but rejects the command."""
 
     async def smtp_STARTTLS(self, arg):
@@ -200,7 +200,7 @@ def parse_args(argv):
                    help="file that receives the CA certificate (PEM)")
     p.add_argument("--save-dir", help="directory for received messages")
     p.add_argument("--tls", default="starttls",
-                   choices=("starttls", "implicit", "refuse", "none"))
+                   choices=("starttls", "implicit", "reject", "none"))
     p.add_argument("--user", help="require AUTH PLAIN or LOGIN as this user")
     p.add_argument("--password", default="", help="password of --user")
     p.add_argument("--fail-mail", help="reply code (and text) for MAIL")
@@ -228,10 +228,10 @@ def make_factory(args, context, loop):
     }
     if args.user:
         kwargs["authenticator"] = make_authenticator(args.user, args.password)
-    if args.tls in ("starttls", "refuse"):
+    if args.tls in ("starttls", "reject"):
         kwargs["tls_context"] = context
         kwargs["require_starttls"] = args.tls == "starttls"
-    cls = RefusingSMTP if args.tls == "refuse" else SMTP
+    cls = StarttlsRejectingSMTP if args.tls == "reject" else SMTP
     handler = Handler(args)
     return lambda: cls(handler, **kwargs)
 

@@ -782,7 +782,7 @@ static void test_diff_json_shape(void **state)
  * are killed; the query changes twice and the store is reopened now and
  * then.  After every successful run, the events stored for it must
  * equal what the model below expects.  The model keeps per-device flags
- * in plain arrays and knows nothing of the diff's sorting or the store.
+ * in plain arrays and uses neither the diff's sorting nor the store.
  */
 
 #define SIM_DEVICES 30

@@ -521,6 +521,61 @@ static void subject_encodes_non_ascii(void **state)
     md_digest_free(d);
 }
 
+static void subject_long_non_ascii_words(void **state)
+{
+    struct md_mail_message m;
+    struct md_buf out = MD_BUF_INIT;
+    struct md_buf subject = MD_BUF_INIT;
+    struct md_error err;
+    char *value;
+    char *decoded;
+
+    (void)state;
+    /* 2- and 3-byte characters, so that words must end between them. */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(md_buf_puts(&subject, "\xc3\xa9\xe2\x82\xac"), 0);
+    memset(&m, 0, sizeof(m));
+    m.from = "a@example.com";
+    m.to = to_list;
+    m.subject = subject.data;
+    m.message_id = "<x@example.com>";
+    m.boundary_seed = "seed";
+    m.text = "hi\n";
+    m.text_len = 3;
+    assert_int_equal(md_mail_compose(&m, &out, &err), 0);
+    assert_true(longest_line(out.data, out.len) <= 78);
+    value = header_value(out.data, "Subject");
+    decoded = decode_words(value);
+    assert_string_equal(decoded, subject.data);
+    free(decoded);
+    free(value);
+    md_buf_free(&subject);
+    md_buf_free(&out);
+}
+
+static void from_display_name_encoded(void **state)
+{
+    struct md_mail_message m;
+    struct md_buf out = MD_BUF_INIT;
+    struct md_error err;
+    char *value;
+
+    (void)state;
+    memset(&m, 0, sizeof(m));
+    m.from = "Pr\xc3\xbc" "fung <check@example.com>";
+    m.to = to_list;
+    m.subject = "s";
+    m.message_id = "<x@example.com>";
+    m.boundary_seed = "seed";
+    m.text = "hi\n";
+    m.text_len = 3;
+    assert_int_equal(md_mail_compose(&m, &out, &err), 0);
+    value = header_value(out.data, "From");
+    assert_string_equal(value, " =?UTF-8?B?UHLDvGZ1bmc=?= <check@example.com>");
+    free(value);
+    md_buf_free(&out);
+}
+
 static void subject_folds_long_ascii(void **state)
 {
     struct md_mail_message m;
@@ -1094,10 +1149,10 @@ static void check_no_clear_text(const char *mode)
     server_stop(&srv);
 }
 
-static void send_starttls_refused_no_mail(void **state)
+static void send_starttls_rejected_no_mail(void **state)
 {
     (void)state;
-    check_no_clear_text("refuse");
+    check_no_clear_text("reject");
 }
 
 static void send_starttls_absent_no_mail(void **state)
@@ -1271,6 +1326,8 @@ int main(void)
         cmocka_unit_test(compose_parts_decode_back),
         cmocka_unit_test(subject_encodes_non_ascii),
         cmocka_unit_test(subject_folds_long_ascii),
+        cmocka_unit_test(subject_long_non_ascii_words),
+        cmocka_unit_test(from_display_name_encoded),
         cmocka_unit_test(header_injection_stripped),
         cmocka_unit_test(address_injection_rejected),
         cmocka_unit_test(address_trailing_text_rejected),
@@ -1284,7 +1341,7 @@ int main(void)
         cmocka_unit_test(send_4xx_temporary),
         cmocka_unit_test(send_5xx_data_permanent),
         cmocka_unit_test(send_5xx_every_rcpt_permanent),
-        cmocka_unit_test(send_starttls_refused_no_mail),
+        cmocka_unit_test(send_starttls_rejected_no_mail),
         cmocka_unit_test(send_starttls_absent_no_mail),
         cmocka_unit_test(send_one_rcpt_rejected_sent),
         cmocka_unit_test(password_never_logged),

@@ -181,35 +181,35 @@ static void csv_neutralises_formula(void **state)
     char *csv = render(d, CSV, 10);
 
     (void)state;
-    assert_non_null(strstr(csv, ",\"'=cmd|' /C calc'!A0\","));
+    assert_non_null(strstr(csv, ",'=cmd|' /C calc'!A0,"));
     assert_null(strstr(csv, ",=cmd"));
     free(csv);
     md_digest_free(d);
 }
 
-static void csv_cell_prefixes_formula_starts(void **state)
+static void csv_prefixes_formula_starts(void **state)
 {
     static const struct {
-        const char *value;
-        const char *cell;
+        const char *name;
+        const char *field;
     } cases[] = {
-        { "=1+1", "\"'=1+1\"" },
-        { "+1", "\"'+1\"" },
-        { "-1", "\"'-1\"" },
-        { "@SUM(A1)", "\"'@SUM(A1)\"" },
-        { "\tx", "\"'\tx\"" },
-        { "\rx", "\"'\rx\"" },
-        { "plain", "plain" },
-        { "a=b", "a=b" },
+        { "+1", ",'+1," },
+        { "-1", ",'-1," },
+        { "@SUM(A1)", ",'@SUM(A1)," },
+        { "\tx", ",'\tx," },
+        { "\rx", ",\"'\rx\"," },
+        { "a=b", ",a=b," },
     };
 
     (void)state;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct md_buf out = MD_BUF_INIT;
+        struct md_digest *d = digest_with_name(cases[i].name);
+        char *csv = render(d, CSV, 10);
 
-        assert_int_equal(md_csv_cell(&out, cases[i].value), 0);
-        assert_string_equal(out.data, cases[i].cell);
-        md_buf_free(&out);
+        if (strstr(csv, cases[i].field) == NULL)
+            fail_msg("CSV lacks field %s", cases[i].field);
+        free(csv);
+        md_digest_free(d);
     }
 }
 
@@ -930,7 +930,7 @@ int main(void)
         cmocka_unit_test(html_escapes_quotes),
         cmocka_unit_test(html_has_no_active_content),
         cmocka_unit_test(csv_neutralises_formula),
-        cmocka_unit_test(csv_cell_prefixes_formula_starts),
+        cmocka_unit_test(csv_prefixes_formula_starts),
         cmocka_unit_test(csv_quotes_commas_and_quotes),
         cmocka_unit_test(text_marks_bidi_controls),
         cmocka_unit_test(text_marks_bidi_isolates),

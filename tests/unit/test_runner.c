@@ -29,7 +29,7 @@
 
 #define MAX_CALLS 32
 
-/* The fake world a runner sees: a clock, a sleep and a query. */
+/* The fake environment of a runner: a clock, a sleep and a query. */
 struct fake {
     md_instant now;
     int sleeps;
@@ -303,7 +303,7 @@ static void due_follows_previous_grid(void **state)
     struct md_due due;
 
     (void)state;
-    /* Started at 10:30 with a due time of 10:07: next slot 11:07. */
+    /* Last due at 00:07 and now 00:30, so the next slot is 01:07. */
     md_runner_next_due("r", T0 + 7 * MINUTE, 3600, 0, T0 + 30 * MINUTE,
                        &due);
     assert_true(due.slot == T0 + HOUR + 7 * MINUTE);

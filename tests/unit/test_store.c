@@ -313,6 +313,24 @@ static void test_open_enables_wal(void **state)
     assert_int_equal(sql_int(db, "PRAGMA foreign_keys", 0), 1);
 }
 
+static void test_wal_file_kept_after_close(void **state)
+{
+    struct fixture *fx = *state;
+    char wal[160];
+    struct md_store *ro;
+    struct md_error err;
+
+    md_store_close(fx->st);
+    fx->st = NULL;
+    snprintf(wal, sizeof(wal), "%s-wal", fx->path);
+    md_error_clear(&err);
+
+    assert_int_equal(access(wal, F_OK), 0);
+    assert_int_equal(md_store_open(fx->path, MD_STORE_READ_ONLY, &ro, &err),
+                     0);
+    md_store_close(ro);
+}
+
 static void test_open_twice_keeps_data(void **state)
 {
     struct fixture *fx = *state;
@@ -423,6 +441,7 @@ static void test_read_only_needs_store(void **state)
                      -1);
     assert_int_equal(err.kind, MD_E_STORE);
     assert_non_null(strstr(err.message, fx->path));
+    assert_non_null(strstr(err.message, "not found"));
 
     sql_exec(fx->path, "CREATE TABLE unrelated (a INTEGER)");
     md_error_clear(&err);
@@ -626,76 +645,102 @@ static void test_unfinished_run_interrupted(void **state)
     md_run_clear(&run);
 }
 
+/* The commit (counted from 1) at which the child process exits. */
+static int exit_at_commit;
+static int commits_seen;
+
 /* Exit the process from inside SQLite's commit, as a kill would. */
 static int exit_in_commit(void *arg)
 {
     (void)arg;
-    _exit(0);
+    if (++commits_seen == exit_at_commit)
+        _exit(0);
+    return 0;
 }
 
-static void killed_child(struct fixture *fx)
+/*
+ * In a child process: record a run of rule_id returning 500 devices, and
+ * exit inside commit number `commit` after the run began.  Exits with 4
+ * when the run was recorded before that commit came.
+ */
+static void killed_child(struct fixture *fx, const char *rule_id,
+                         int commit)
 {
-    struct md_diff_options o = options("R1");
+    struct md_diff_options o = options(rule_id);
     struct md_table *t = make_table();
     struct md_store *st;
     struct md_error err;
     int64_t run_id;
-    struct md_run_start start;
+    int rc;
 
     md_error_clear(&err);
     if (md_store_open(fx->path, 0, &st, &err) != 0)
         _exit(2);
-    memset(&start, 0, sizeof(start));
-    start.rule_id = "R1";
-    start.query = "q";
-    start.query_hash = HASH_A;
-    start.backend = "graph";
-    start.started = BASE + DAY;
-    if (md_store_run_begin(st, &start, &run_id, &err) != 0)
-        _exit(3);
+    fx->st = st;
+    run_id = begin_run(fx, rule_id, BASE + DAY);
     for (int i = 0; i < 500; i++) {
         char id[16];
 
         snprintf(id, sizeof(id), "k%d", i);
         add_device(t, id, "host", i);
     }
+    exit_at_commit = commit;
     sqlite3_commit_hook(md_store_handle(st), exit_in_commit, NULL);
-    md_diff_record_run(st, run_id, t, &o, BASE + DAY + HOUR, MD_SEND_ALWAYS,
-                       NULL, NULL, &err);
-    _exit(4);
+    rc = md_diff_record_run(st, run_id, t, &o, BASE + DAY + HOUR,
+                            MD_SEND_ALWAYS, NULL, NULL, &err);
+    _exit(rc == 0 ? 4 : 5);
 }
 
 static void test_kill_before_commit_leaves_nothing(void **state)
 {
     struct fixture *fx = *state;
+    static const char *const rules[] = { "K1", "K2", "K3" };
     sqlite3 *db;
-    pid_t pid;
-    int status;
 
     ok_run_devices(fx, "R1", BASE, 1, 2);
-    md_store_close(fx->st);
-    fx->st = NULL;
 
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0)
-        killed_child(fx);
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    /* A run written in more than one transaction would leave part of
+     * itself behind when the process dies at its second commit. */
+    for (int k = 1; k <= 3; k++) {
+        const char *rule = rules[k - 1];
+        int64_t run_id;
+        pid_t pid;
+        int status;
 
-    open_store(fx, 0);
-    db = md_store_handle(fx->st);
-    assert_int_equal(md_store_interrupted_at_open(fx->st), 1);
-    assert_string_equal(sql_text(db, "PRAGMA integrity_check"), "ok");
-    assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM run_row"
-                                 " WHERE run_id > 1", 0), 0);
-    assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM entity", 0), 2);
-    assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM diff_event"
-                                 " WHERE run_id > 1", 0), 0);
-    assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM outbox", 0), 0);
-    assert_string_equal(sql_text(db, "SELECT status FROM run WHERE id = 2"),
-                        "interrupted");
+        md_store_close(fx->st);
+        fx->st = NULL;
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+            killed_child(fx, rule, k);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+
+        open_store(fx, 0);
+        db = md_store_handle(fx->st);
+        assert_string_equal(sql_text(db, "PRAGMA integrity_check"), "ok");
+        run_id = sql_int(db, "SELECT MAX(id) FROM run", 0);
+        if (WEXITSTATUS(status) == 4) {
+            assert_int_equal(md_store_interrupted_at_open(fx->st), 0);
+            assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM run_row"
+                                         " WHERE run_id = ?1", run_id),
+                             500);
+            continue;
+        }
+        assert_int_equal(WEXITSTATUS(status), 0);
+        assert_int_equal(md_store_interrupted_at_open(fx->st), 1);
+        assert_string_equal(sql_text(db, "SELECT status FROM run"
+                                         " ORDER BY id DESC"),
+                            "interrupted");
+        assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM run_row"
+                                     " WHERE run_id = ?1", run_id), 0);
+        assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM diff_event"
+                                     " WHERE run_id = ?1", run_id), 0);
+        assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM outbox_run"
+                                     " WHERE run_id = ?1", run_id), 0);
+        assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM entity", 0), 2);
+    }
+    assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM outbox", 0), 2);
 }
 
 /* ---- Retention and the outbox -------------------------------------------- */
@@ -975,6 +1020,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         DIR_TEST(test_open_creates_schema),
         STORE_TEST(test_open_enables_wal),
+        STORE_TEST(test_wal_file_kept_after_close),
         STORE_TEST(test_open_twice_keeps_data),
         DIR_TEST(test_newer_schema_rejected),
         DIR_TEST(test_migration_keeps_old_rows),
