@@ -231,9 +231,9 @@ static void hdr_encoded_words(struct header *h, const char *s)
     }
 }
 
-/* Append free text (Subject) as words folded at spaces, or as
- * encoded-words when it is not plain ASCII, holds "=?" or has a word too
- * long to fold. */
+/* Append free text (Subject) as words folded at spaces.  Text that is
+ * not plain ASCII, contains "=?" or has a word too long to fold becomes
+ * encoded-words. */
 static void hdr_text(struct header *h, const char *s)
 {
     const char *p = s;
@@ -262,6 +262,24 @@ static void hdr_text(struct header *h, const char *s)
     }
 }
 
+/* Whether a display name is words of RFC 5322 atext, which need no
+ * quotes. */
+static int is_atom_phrase(const char *s)
+{
+    /* "=?" would start an encoded-word for the reader. */
+    if (strstr(s, "=?") != NULL)
+        return 0;
+    for (; *s != '\0'; s++) {
+        char c = *s;
+
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+              (c >= '0' && c <= '9') || c == ' ' ||
+              strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL))
+            return 0;
+    }
+    return 1;
+}
+
 /* Append an address as "phrase <spec>" with the phrase quoted or
  * encoded as needed; sep is appended to the last token (a comma). */
 static void hdr_address(struct header *h, const struct address *a,
@@ -271,8 +289,10 @@ static void hdr_address(struct header *h, const struct address *a,
     int n;
 
     if (a->phrase[0] != '\0') {
-        if (is_ascii_printable(a->phrase) &&
-            strstr(a->phrase, "=?") == NULL) {
+        if (is_atom_phrase(a->phrase)) {
+            hdr_text(h, a->phrase);
+        } else if (is_ascii_printable(a->phrase) &&
+                   strstr(a->phrase, "=?") == NULL) {
             struct md_buf q = MD_BUF_INIT;
             int rc = md_buf_putc(&q, '"');
 
@@ -342,11 +362,11 @@ static void hdr_date(struct header *h, md_instant t)
 /* ---- body encodings ------------------------------------------------- */
 
 /*
- * Append data as quoted-printable (RFC 2045 section 6.7): "\n" and "\r\n"
- * become CRLF line breaks, lines stay within BODY_WIDTH with soft breaks,
- * and "=", control bytes, non-ASCII bytes, blanks at a line end and a
- * leading "From " or "." are encoded.  The output ends where the data
- * ends, without a line break of its own.
+ * Append data as quoted-printable (RFC 2045 section 6.7).  "\n" and
+ * "\r\n" become CRLF line breaks, and soft breaks keep lines within
+ * BODY_WIDTH.  "=", control bytes, non-ASCII bytes, blanks at a line end
+ * and a leading "From " or "." are encoded.  The output ends where the
+ * data ends, without a line break of its own.
  */
 static int encode_qp(struct md_buf *out, const char *data, size_t len)
 {
@@ -662,7 +682,8 @@ out:
 
 /* ---- delivery -------------------------------------------------------- */
 
-/* What a delivery saw of the SMTP dialogue. */
+/* The state of one delivery: the message being read out and what the
+ * SMTP dialogue showed so far. */
 struct session {
     const char *data;           /* the message bytes */
     size_t len;
@@ -745,7 +766,7 @@ static void note_reply(struct session *ss, const char *line, size_t len)
         line[1] > '9' || line[2] < '0' || line[2] > '9' ||
         (len > 3 && line[3] == '-'))
         return;
-    /* The reply to QUIT says nothing about the delivery. */
+    /* The reply to QUIT tells nothing about the delivery. */
     if (ss->command != NULL && strcmp(ss->command, "QUIT") == 0)
         return;
     code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
@@ -849,7 +870,8 @@ static int load_cas(struct session *ss, const char *path,
     fclose(f);
     if (ss->ncas == 0)
         return md_error_set(err, MD_E_CONFIG,
-                            "mail: ca_file %s holds no PEM certificate",
+                            "mail: ca_file %s contains no PEM certificate; "
+                            "point it at a PEM CA certificate",
                             path);
     return 0;
 }
@@ -977,10 +999,13 @@ static int classify(CURLcode rc, const struct session *ss,
     res->outcome = MD_MAIL_TEMPORARY;
     if (rc == CURLE_OK)
         return 0;
+    if (ss->failed_code >= 400 && err != NULL)
+        snprintf(err->service_code, sizeof(err->service_code), "%ld",
+                 ss->failed_code);
     if (rc == CURLE_ABORTED_BY_CALLBACK)
         return md_error_set(err, MD_E_INTERRUPTED,
-                            "mail: delivery to %s stopped by a stop request",
-                            s->smtp_url);
+                            "mail: delivery to %s was interrupted by a stop "
+                            "request (SIGINT or SIGTERM)", s->smtp_url);
     if (rc == CURLE_USE_SSL_FAILED)
         return md_error_set(err, MD_E_TLS,
                             "mail: %s did not offer STARTTLS or rejected it "
@@ -1001,8 +1026,6 @@ static int classify(CURLcode rc, const struct session *ss,
         int permanent = ss->failed_code >= 500;
 
         res->outcome = permanent ? MD_MAIL_PERMANENT : MD_MAIL_TEMPORARY;
-        snprintf(err->service_code, sizeof(err->service_code), "%ld",
-                 ss->failed_code);
         return md_error_set(err, MD_E_SERVICE,
                             "mail: %s replied to %s with \"%s\"; %s",
                             s->smtp_url, ss->failed_command,
@@ -1024,8 +1047,10 @@ static int classify(CURLcode rc, const struct session *ss,
                             s->smtp_url, detail);
     default:
         return md_error_set(err, MD_E_NETWORK,
-                            "mail: delivery to %s failed: %s", s->smtp_url,
-                            detail);
+                            "mail: delivery to %s failed: %s; check that "
+                            "smtp_url names a reachable server.  The "
+                            "message stays queued and is retried later",
+                            s->smtp_url, detail);
     }
 }
 

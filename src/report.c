@@ -35,6 +35,8 @@ const char *md_change_name(enum md_change change)
         return "returned";
     case MD_CHANGE_RENAMED:
         return "renamed";
+    case MD_CHANGE_TRACKED:
+        return "tracked";
     case MD_CHANGE_BASELINE:
         return "baseline";
     case MD_CHANGE_GONE:
@@ -205,6 +207,8 @@ int md_digest_add_hit(struct md_digest *d, const struct md_digest_hit *hit,
     copy.device_id = keep_string(d, hit->device_id, &failed);
     copy.device_name = keep_string(d, hit->device_name, &failed);
     copy.previous_name = keep_string(d, hit->previous_name, &failed);
+    copy.tracked_column = keep_string(d, hit->tracked_column, &failed);
+    copy.tracked_value = keep_string(d, hit->tracked_value, &failed);
     if (hit->ncolumns > 0) {
         columns = keep(d, calloc(hit->ncolumns, sizeof(*columns)));
         if (columns == NULL)
@@ -376,7 +380,7 @@ enum md_send_reason md_digest_should_send(const struct md_digest *d,
         enum md_change change = d->hits[i].change;
 
         if (change == MD_CHANGE_NEW || change == MD_CHANGE_RETURNED ||
-            change == MD_CHANGE_RENAMED)
+            change == MD_CHANGE_RENAMED || change == MD_CHANGE_TRACKED)
             return MD_SEND_REASON_CHANGES;
         if (change == MD_CHANGE_BASELINE)
             baseline = 1;
@@ -714,12 +718,12 @@ struct grouping {
     const struct md_digest *digest;
 };
 
-/* Whether a hit is one the body lists by device: new, returned or
- * renamed. */
+/* Whether a hit is one the body lists by device: new, returned, renamed
+ * or tracked. */
 static int is_case(enum md_change change)
 {
     return change == MD_CHANGE_NEW || change == MD_CHANGE_RETURNED ||
-           change == MD_CHANGE_RENAMED;
+           change == MD_CHANGE_RENAMED || change == MD_CHANGE_TRACKED;
 }
 
 static int compare_keyed(const void *a, const void *b)
@@ -936,12 +940,22 @@ static const char *rule_title(const struct md_digest_rule *rule)
                                                        : rule->rule_id;
 }
 
-static void put_change_text(struct writer *w, const struct md_digest_hit *hit)
+/* Write the change of a hit, "renamed from OLD" and "tracked: new
+ * COLUMN value VALUE" included, through the text or HTML value writer. */
+static void put_change(struct writer *w, const struct md_digest_hit *hit,
+                       void (*value)(struct writer *, const char *, size_t))
 {
     put(w, md_change_name(hit->change));
     if (hit->change == MD_CHANGE_RENAMED && hit->previous_name != NULL) {
         put(w, " from ");
-        put_text(w, hit->previous_name, MD_REPORT_VALUE_MAX);
+        value(w, hit->previous_name, MD_REPORT_VALUE_MAX);
+    }
+    if (hit->change == MD_CHANGE_TRACKED && hit->tracked_column != NULL) {
+        put(w, ": new ");
+        value(w, hit->tracked_column, MD_REPORT_VALUE_MAX);
+        put(w, " value ");
+        value(w, hit->tracked_value != NULL ? hit->tracked_value : "(null)",
+              MD_REPORT_VALUE_MAX);
     }
 }
 
@@ -960,7 +974,7 @@ static void text_rule_of_hit(struct writer *w, const struct md_digest *d,
     put_text(w, rule->severity != NULL ? rule->severity : "unknown",
              MD_REPORT_VALUE_MAX);
     put(w, ", ");
-    put_change_text(w, hit);
+    put_change(w, hit, put_text);
     put(w, "\n");
 
     if (rule->ntactics > 0) {
@@ -1169,7 +1183,7 @@ static void text_health(struct writer *w, const struct md_digest *d)
     struct health_totals t;
 
     health_totals(d, w->now, &t);
-    put(w, "== Health\n\n");
+    put(w, "## Health\n\n");
     putf(w, "Rules run: %zu (%ld runs). Failed runs: %ld. Truncated runs: "
          "%ld. Throttled runs: %ld.\n", t.rules_run, t.runs, t.failed,
          t.truncated, t.throttled);
@@ -1189,9 +1203,10 @@ static void put_summary(struct writer *w, const struct md_digest *d)
     size_t nnew = md_digest_count_devices(d, MD_CHANGE_NEW);
     size_t nreturned = md_digest_count_devices(d, MD_CHANGE_RETURNED);
     size_t nrenamed = md_digest_count_devices(d, MD_CHANGE_RENAMED);
+    size_t ntracked = md_digest_count_devices(d, MD_CHANGE_TRACKED);
 
-    putf(w, "New devices: %zu, returned: %zu, renamed: %zu", nnew,
-         nreturned, nrenamed);
+    putf(w, "New devices: %zu, returned: %zu, renamed: %zu, tracked: %zu",
+         nnew, nreturned, nrenamed, ntracked);
 }
 
 int md_report_text(const struct md_digest *d,
@@ -1212,16 +1227,16 @@ int md_report_text(const struct md_digest *d,
     put_time(&w, d->generated);
     put(&w, "\n\n");
     put_summary(&w, d);
-    put(&w, ".\n\n== Devices\n\n");
+    put(&w, ".\n\n## Devices\n\n");
     if (g.ngroups == 0)
-        put(&w, "No new, returned or renamed devices.\n\n");
+        put(&w, "No new, returned, renamed or tracked devices.\n\n");
     for (size_t i = 0; i < in_body; i++)
         text_device(&w, &g, &g.groups[i], i + 1);
     if (g.ngroups > in_body)
         putf(&w, "... and %zu more device%s in the attached CSV.\n\n",
              g.ngroups - in_body, g.ngroups - in_body == 1 ? "" : "s");
 
-    put(&w, "== Rules\n\n");
+    put(&w, "## Rules\n\n");
     for (size_t i = 0; i < d->nrules; i++)
         text_rule(&w, d, i);
     put(&w, "\n");
@@ -1262,11 +1277,7 @@ static void html_rule_of_hit(struct writer *w, const struct md_digest *d,
     put_html(w, rule->severity != NULL ? rule->severity : "unknown",
              MD_REPORT_VALUE_MAX);
     put(w, ", ");
-    put(w, md_change_name(hit->change));
-    if (hit->change == MD_CHANGE_RENAMED && hit->previous_name != NULL) {
-        put(w, " from ");
-        put_html(w, hit->previous_name, MD_REPORT_VALUE_MAX);
-    }
+    put_change(w, hit, put_html);
     if (rule->ntactics > 0) {
         put(w, "<br>Tactics: ");
         for (size_t i = 0; i < rule->ntactics; i++) {
@@ -1482,7 +1493,7 @@ int md_report_html(const struct md_digest *d,
     put_summary(&w, d);
     put(&w, ".</p>\n<h3>Devices</h3>\n");
     if (g.ngroups == 0)
-        put(&w, "<p>No new, returned or renamed devices.</p>\n");
+        put(&w, "<p>No new, returned, renamed or tracked devices.</p>\n");
     for (size_t i = 0; i < in_body; i++)
         html_device(&w, &g, &g.groups[i]);
     if (g.ngroups > in_body)
@@ -1503,6 +1514,7 @@ int md_report_html(const struct md_digest *d,
 
 static const char *const csv_fixed_columns[] = {
     "change", "review", "device_name", "device_id", "previous_name",
+    "tracked_column", "tracked_value",
     "first_seen", "last_seen", "observed_by_mdhunt", "rule_id", "rule_name",
     "severity", "tactics", "techniques", "portal_url",
 };
@@ -1595,6 +1607,8 @@ static void csv_row(struct csv *c, const struct md_digest *d,
     csv_field(c, hit->device_name, 0);
     csv_field(c, hit->device_id, 0);
     csv_field(c, hit->previous_name, 0);
+    csv_field(c, hit->tracked_column, 0);
+    csv_field(c, hit->tracked_value, 0);
     csv_time_field(c, hit->first_seen);
     csv_time_field(c, hit->last_seen);
     csv_time_field(c, hit->observed);
@@ -1709,6 +1723,7 @@ int md_report_subject(const struct md_digest *d,
     size_t nnew = md_digest_count_devices(d, MD_CHANGE_NEW);
     size_t nreturned = md_digest_count_devices(d, MD_CHANGE_RETURNED);
     size_t nrenamed = md_digest_count_devices(d, MD_CHANGE_RENAMED);
+    size_t ntracked = md_digest_count_devices(d, MD_CHANGE_TRACKED);
     size_t nbaseline = md_digest_count_devices(d, MD_CHANGE_BASELINE);
     size_t nproblems = 0;
 
@@ -1723,6 +1738,8 @@ int md_report_subject(const struct md_digest *d,
         putf(&w, ", %zu returned", nreturned);
     if (nrenamed > 0)
         putf(&w, ", %zu renamed", nrenamed);
+    if (ntracked > 0)
+        putf(&w, ", %zu tracked", ntracked);
     if (nbaseline > 0)
         putf(&w, ", baseline of %zu to review", nbaseline);
     if (nproblems > 0)

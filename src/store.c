@@ -555,6 +555,8 @@ void md_entity_clear(struct md_entity *e)
 
 void md_entities_free(struct md_entity *entities, size_t n)
 {
+    if (entities == NULL)
+        return;
     for (size_t i = 0; i < n; i++)
         md_entity_clear(&entities[i]);
     free(entities);
@@ -574,6 +576,8 @@ void md_event_clear(struct md_event *ev)
 
 void md_events_free(struct md_event *events, size_t n)
 {
+    if (events == NULL)
+        return;
     for (size_t i = 0; i < n; i++)
         md_event_clear(&events[i]);
     free(events);
@@ -607,6 +611,8 @@ void md_rule_status_clear(struct md_rule_status *s)
 
 void md_rule_statuses_free(struct md_rule_status *v, size_t n)
 {
+    if (v == NULL)
+        return;
     for (size_t i = 0; i < n; i++)
         md_rule_status_clear(&v[i]);
     free(v);

@@ -21,7 +21,7 @@
 #include "mdhunt/mdtime.h"
 #include "mdhunt/report.h"
 
-/* Where and how to deliver.  Every pointer is borrowed. */
+/* The delivery settings.  Every pointer is borrowed. */
 struct md_mail_settings {
     const char *smtp_url;           /* smtp://host:587 or smtps://host:465 */
     const char *username;           /* NULL: no AUTH */
@@ -61,10 +61,10 @@ struct md_mail_message {
 };
 
 /*
- * Append the message as RFC 5322 bytes with CRLF line ends to out:
- * multipart/mixed holding a multipart/alternative (text/plain and
- * text/html, quoted-printable) and the attachment (base64); without html
- * and attachment, a single text/plain part.  Body lines stay within 76
+ * Append the message as RFC 5322 bytes with CRLF line ends to out.  It is
+ * a multipart/mixed that contains a multipart/alternative (text/plain and
+ * text/html, quoted-printable) and the attachment (base64).  Without html
+ * and attachment it is a single text/plain part.  Body lines stay within 76
  * octets; headers are folded to stay within 78 where they have a place to
  * break, and an address is never broken.  CR, LF and other control
  * characters in header values are removed; non-ASCII header text becomes
@@ -109,11 +109,12 @@ struct md_mail_result {
  *   permanent  MD_E_SERVICE with a 5xx reply to MAIL, RCPT or DATA (all
  *              recipients rejected included), and MD_E_CONFIG for
  *              settings that cannot work (no recipient, an invalid
- *              address, a URL that is not smtp or smtps or that holds
+ *              address, a URL that is not smtp or smtps or that contains
  *              credentials, an unreadable ca_file)
- * For a reply, err->service_code holds its code ("550") and the message
- * names the SMTP command and the reply text; no error or log line holds
- * the password.  Each rejected recipient is logged as a warning.
+ * For a reply, err->service_code contains its code ("550") and the
+ * message names the SMTP command and the reply text.  No error or log
+ * line contains the password.  Each rejected recipient is logged as a
+ * warning.
  */
 int md_mail_send(const struct md_mail_settings *s, const char *bytes,
                  size_t len, struct md_mail_result *res,

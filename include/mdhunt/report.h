@@ -23,12 +23,14 @@ enum md_change {
     MD_CHANGE_NEW = 0,      /* never seen by this rule before */
     MD_CHANGE_RETURNED,     /* seen before, then gone, now back */
     MD_CHANGE_RENAMED,      /* same DeviceId under another DeviceName */
+    MD_CHANGE_TRACKED,      /* a known device with a new value of the
+                               rule's track column */
     MD_CHANGE_BASELINE,     /* found by the rule's first run: review once */
     MD_CHANGE_GONE          /* not seen for the rule's gone period */
 };
 
-/* Lower-case name of a change: "new", "returned", "renamed", "baseline",
- * "gone". */
+/* Lower-case name of a change: "new", "returned", "renamed", "tracked",
+ * "baseline", "gone". */
 const char *md_change_name(enum md_change change);
 
 /* A result column of a hit other than the device columns ("Signer",
@@ -45,6 +47,8 @@ struct md_digest_hit {
     const char *device_id;      /* DeviceId, or NULL when the rule has none */
     const char *device_name;    /* DeviceName, or NULL */
     const char *previous_name;  /* MD_CHANGE_RENAMED: the earlier name */
+    const char *tracked_column; /* MD_CHANGE_TRACKED: the track column */
+    const char *tracked_value;  /* and its new value */
     md_instant first_seen;      /* the telemetry's FirstSeen; 0: unknown */
     md_instant last_seen;       /* the telemetry's LastSeen; 0: unknown */
     md_instant observed;        /* when mdhunt first stored it; 0: unknown */
@@ -140,7 +144,8 @@ size_t md_digest_count_devices(const struct md_digest *d,
 enum md_send_reason {
     MD_SEND_REASON_NONE = 0,
     MD_SEND_REASON_ALWAYS,      /* send_when = always */
-    MD_SEND_REASON_CHANGES,     /* new, returned or renamed devices */
+    MD_SEND_REASON_CHANGES,     /* new, returned, renamed or tracked
+                                   devices */
     MD_SEND_REASON_BASELINE,    /* a baseline to review */
     MD_SEND_REASON_FAILING,     /* a rule failed MD_HEALTH_MAX_FAILURES
                                    times in a row */
@@ -151,7 +156,8 @@ enum md_send_reason {
 /*
  * Decide whether to send a digest at now.  send_when = never sends
  * nothing, and always sends every digest.  new sends when a device is
- * new, returned or renamed, or when a baseline waits for review.  It also
+ * new, returned, renamed or tracked, or when a baseline waits for review.
+ * It also
  * sends when a rule's health is bad (a failing rule or a stale last
  * success), so that an expired secret does not look like a quiet week.
  * A rule that never succeeded is stale when its first run is older than
@@ -188,10 +194,11 @@ int md_report_subject(const struct md_digest *d,
                       struct md_buf *out, struct md_error *err);
 
 /*
- * Append the text/plain body (UTF-8, lines ending in "\n"): devices
- * grouped across rules, per-rule lines, baselines and gone devices in
- * short form, and the health section.  Control characters and bidi
- * controls in values are replaced with visible marks.
+ * Append the text/plain body (UTF-8, lines ending in "\n").  It lists
+ * new, returned, renamed and tracked devices grouped across rules, a
+ * section per rule with its baseline and gone devices in short form, and
+ * the health section.  Control characters and bidi controls in values are
+ * replaced with visible marks.
  */
 int md_report_text(const struct md_digest *d,
                    const struct md_report_options *opts,
@@ -205,8 +212,8 @@ int md_report_html(const struct md_digest *d,
 
 /*
  * Append the CSV attachment (RFC 4180, CRLF line ends, a header row): one
- * row per new, returned, renamed or baseline hit, baseline rows marked for
- * review, then one column per result column of any rule.  Fields are
+ * row per new, returned, renamed, tracked or baseline hit, baseline rows
+ * marked for review, then one column per result column of any rule.  Fields are
  * written by md_csv_write_field() with formula neutralisation, so a value
  * starting with = + - @ tab or CR gets a leading apostrophe.
  */

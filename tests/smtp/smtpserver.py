@@ -263,8 +263,8 @@ def main(argv):
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     # aiosmtpd 1.4 warns about its own deprecated Session.login_data on
-    # every AUTH, and logs a traceback for every TLS handshake that a test
-    # makes fail on purpose; the client's result is what tests check.
+    # every AUTH.  It also logs a traceback for every TLS handshake that a
+    # test makes fail on purpose, and the tests check the client instead.
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)
     if args.save_dir:
         os.makedirs(args.save_dir, exist_ok=True)

@@ -352,10 +352,10 @@ static void compose_has_headers(void **state)
     assert_string_equal(value, " Sat, 01 Mar 2025 12:00:00 +0000");
     free(value);
     value = header_value(headers, "From");
-    assert_string_equal(value, " \"mdhunt\" <mdhunt@example.com>");
+    assert_string_equal(value, " mdhunt <mdhunt@example.com>");
     free(value);
     value = header_value(headers, "To");
-    assert_string_equal(value, " \"SOC\" <soc@example.com>");
+    assert_string_equal(value, " SOC <soc@example.com>");
     free(value);
     value = header_value(headers, "Cc");
     assert_string_equal(value, " lead@example.com");

@@ -526,6 +526,37 @@ static void renamed_shows_previous_name(void **state)
     md_digest_free(d);
 }
 
+static void tracked_shows_new_value(void **state)
+{
+    struct md_digest *d = digest_new();
+    struct md_digest_hit hit;
+    struct md_error err;
+    char *text;
+    char *csv;
+
+    (void)state;
+    memset(&hit, 0, sizeof(hit));
+    hit.rule = add_rule(d, "r", "High");
+    hit.change = MD_CHANGE_TRACKED;
+    hit.device_id = DEVICE_ID;
+    hit.device_name = "host1";
+    hit.tracked_column = "Signer";
+    hit.tracked_value = "Evil <Corp>";
+    assert_int_equal(md_digest_add_hit(d, &hit, &err), 0);
+    text = render(d, TEXT, 10);
+    csv = render(d, CSV, 10);
+
+    assert_non_null(strstr(text, "1. host1\n"));
+    assert_non_null(strstr(text, "tracked: new Signer value Evil <Corp>"));
+    assert_non_null(strstr(csv, "\r\ntracked,,host1,"));
+    assert_non_null(strstr(csv, ",Signer,Evil <Corp>,"));
+    assert_int_equal(md_digest_should_send(d, MD_SEND_NEW, T0),
+                     MD_SEND_REASON_CHANGES);
+    free(text);
+    free(csv);
+    md_digest_free(d);
+}
+
 static void baseline_in_short_form(void **state)
 {
     struct md_digest *d = digest_new();
@@ -664,7 +695,7 @@ static void health_lists_failing_rule(void **state)
     char *html = render(d, HTML, 10);
 
     (void)state;
-    assert_non_null(strstr(text, "== Health\n"));
+    assert_non_null(strstr(text, "## Health\n"));
     assert_non_null(strstr(text, "Rules run: 1 (3 runs). Failed runs: 3. "
                                  "Truncated runs: 0. Throttled runs: 1."));
     assert_non_null(strstr(text, "- failing-rule: 3 failures in a row; "
@@ -948,6 +979,7 @@ int main(void)
         cmocka_unit_test(body_cut_at_max_rows),
         cmocka_unit_test(body_cut_at_zero_rows),
         cmocka_unit_test(renamed_shows_previous_name),
+        cmocka_unit_test(tracked_shows_new_value),
         cmocka_unit_test(baseline_in_short_form),
         cmocka_unit_test(gone_in_short_form),
         cmocka_unit_test(rule_line_names_window_and_hash),
