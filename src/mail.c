@@ -766,7 +766,7 @@ static void note_reply(struct session *ss, const char *line, size_t len)
         line[1] > '9' || line[2] < '0' || line[2] > '9' ||
         (len > 3 && line[3] == '-'))
         return;
-    /* The reply to QUIT tells nothing about the delivery. */
+    /* The reply to QUIT is not part of the delivery's outcome. */
     if (ss->command != NULL && strcmp(ss->command, "QUIT") == 0)
         return;
     code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');

@@ -28,8 +28,19 @@ enum md_backend_kind {
     MD_BACKEND_SENTINEL
 };
 
+/* National clouds; see md_auth_cloud_authority() for their hosts. */
 enum md_cloud {
-    MD_CLOUD_PUBLIC = 0
+    MD_CLOUD_PUBLIC = 0,
+    MD_CLOUD_USGOV,         /* US Government Community Cloud (GCC) */
+    MD_CLOUD_USGOV_HIGH,    /* GCC High */
+    MD_CLOUD_DOD,           /* US Department of Defense */
+    MD_CLOUD_CHINA          /* operated by 21Vianet: no hunting API */
+};
+
+/* Signature algorithm of a certificate's client assertion. */
+enum md_assertion_alg {
+    MD_ASSERTION_PS256 = 0, /* RSASSA-PSS with SHA-256, x5t#S256 header */
+    MD_ASSERTION_RS256      /* RSASSA-PKCS1-v1_5 with SHA-256, x5t header */
 };
 
 enum md_first_run {
@@ -63,6 +74,14 @@ struct md_config {
         enum md_cloud cloud;
         char *authority_url;          /* NULL: from the cloud table */
         char *scope;                  /* NULL: by backend and cloud */
+        char *certificate_file;       /* PEM certificate: use a client
+                                         assertion instead of a secret */
+        char *private_key_file;       /* NULL: the key is in
+                                         certificate_file */
+        char *passphrase_file;        /* for an encrypted private key */
+        enum md_assertion_alg assertion_alg;    /* default PS256 */
+        struct md_secret private_key; /* PEM text of the key */
+        struct md_secret passphrase;
     } auth;
 
     struct {
@@ -74,6 +93,13 @@ struct md_config {
         char *proxy;
         size_t max_reply_size;        /* bytes, default 256 MiB */
         char *workspace_id;           /* sentinel backend */
+        long max_retries;             /* retries of a request, default 4;
+                                         0: none */
+        int64_t max_retry_time;       /* seconds a request may spend
+                                         waiting to retry, default 5m */
+        long max_calls_per_minute;    /* client-side budget per tenant
+                                         and application, default 40 */
+        long max_calls_per_hour;      /* default 1400 */
     } api;
 
     struct {
@@ -135,11 +161,17 @@ int md_config_load(const char *path, struct md_config *cfg,
 
 /*
  * Check what commands that call the API need: tenant_id, client_id and a
- * client secret (client_secret_file, else $MDHUNT_CLIENT_SECRET, else an
- * inline client_secret, which is warned about).  Loads the secret into
- * cfg->auth.client_secret.  A secret file loses one trailing LF or CRLF;
- * an empty, unreadable or over-4096-byte file is an error naming its
- * path, and a file that others can read is warned about.
+ * credential.  With [auth] certificate_file the credential is a
+ * certificate: the PEM private key (private_key_file, else
+ * certificate_file) is loaded into cfg->auth.private_key and the
+ * passphrase_file, when set, into cfg->auth.passphrase; a client secret
+ * set as well is an error.  Otherwise it is a client secret
+ * (client_secret_file, else $MDHUNT_CLIENT_SECRET, else an inline
+ * client_secret, which is warned about), loaded into
+ * cfg->auth.client_secret.  A secret or passphrase file loses one
+ * trailing LF or CRLF; an empty, unreadable or oversized file (4096
+ * bytes, 65536 for a key) is an error naming its path, and a file that
+ * others can read is warned about.
  */
 int md_config_require_auth(struct md_config *cfg, struct md_error *err);
 
@@ -160,5 +192,9 @@ void md_config_free(struct md_config *cfg);
 
 /* The name a backend has in the file: "graph", "defender", "sentinel". */
 const char *md_backend_kind_name(enum md_backend_kind kind);
+
+/* The name a cloud has in the file: "public", "usgov", "usgov-high",
+ * "dod", "china". */
+const char *md_cloud_name(enum md_cloud cloud);
 
 #endif

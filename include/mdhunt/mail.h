@@ -64,12 +64,13 @@ struct md_mail_message {
  * Append the message as RFC 5322 bytes with CRLF line ends to out.  It is
  * a multipart/mixed that contains a multipart/alternative (text/plain and
  * text/html, quoted-printable) and the attachment (base64).  Without html
- * and attachment it is a single text/plain part.  Body lines stay within 76
- * octets; headers are folded to stay within 78 where they have a place to
- * break, and an address is never broken.  CR, LF and other control
- * characters in header values are removed; non-ASCII header text becomes
- * RFC 2047 encoded-words.  The same input always gives the same bytes.
- * An address that is empty or not "local@domain" is an MD_E_CONFIG error.
+ * and attachment it is a single text/plain part.
+ * Body lines stay within 76 octets.  Headers are folded to stay within 78
+ * where they have a place to break, but an address is never broken.  CR,
+ * LF and other control characters in header values are removed, and
+ * non-ASCII header text becomes RFC 2047 encoded-words.  The same input
+ * always gives the same bytes.  An address that is empty or not
+ * "local@domain" is an MD_E_CONFIG error.
  */
 int md_mail_compose(const struct md_mail_message *msg, struct md_buf *out,
                     struct md_error *err);

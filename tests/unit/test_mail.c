@@ -783,6 +783,10 @@ struct server {
     pid_t pid;
 };
 
+/* The server of the running test; the teardown stops it even when an
+ * assertion ended the test early. */
+static struct server active_server;
+
 static int remove_entry(const char *path, const struct stat *sb, int flag,
                         struct FTW *ftw)
 {
@@ -870,7 +874,16 @@ static void server_stop(struct server *srv)
             waitpid(srv->pid, &status, 0);
         }
     }
-    nftw(srv->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    if (srv->dir[0] != '\0')
+        nftw(srv->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    srv->dir[0] = '\0';
+}
+
+static int server_teardown(void **state)
+{
+    (void)state;
+    server_stop(&active_server);
+    return 0;
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -975,7 +988,7 @@ static void send_starttls_auth_saves_bytes(void **state)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
     size_t len;
     size_t saved_len;
     char *msg = compose_digest(d, "[mdhunt]", &len);
@@ -985,8 +998,8 @@ static void send_starttls_auth_saves_bytes(void **state)
     (void)state;
     assert_int_equal(md_secret_set(&password, PASSWORD, strlen(PASSWORD)),
                      0);
-    server_start(&srv, "smtp", extra);
-    delivery_settings(&s, &srv, &password);
+    server_start(srv, "smtp", extra);
+    delivery_settings(&s, srv, &password);
     if (send_bytes(&s, msg, len, &res, &err) != 0)
         fail_msg("send failed: %s", err.message);
     assert_int_equal(res.outcome, MD_MAIL_SENT);
@@ -994,11 +1007,11 @@ static void send_starttls_auth_saves_bytes(void **state)
     assert_int_equal(res.accepted, 2);
     assert_int_equal(res.rejected, 0);
 
-    saved = saved_file(&srv, "0001.eml", &saved_len);
+    saved = saved_file(srv, "0001.eml", &saved_len);
     assert_non_null(saved);
     assert_int_equal(saved_len, len);
     assert_memory_equal(saved, msg, len);
-    envelope = saved_file(&srv, "0001.json", &saved_len);
+    envelope = saved_file(srv, "0001.json", &saved_len);
     assert_non_null(envelope);
     assert_non_null(strstr(envelope, "\"mail_from\": \"mdhunt@example.com\""));
     assert_non_null(strstr(envelope, "\"soc@example.com\""));
@@ -1008,7 +1021,7 @@ static void send_starttls_auth_saves_bytes(void **state)
 
     free(saved);
     free(envelope);
-    server_stop(&srv);
+    server_stop(srv);
     md_secret_clear(&password);
     free(msg);
     md_digest_free(d);
@@ -1020,17 +1033,17 @@ static void send_implicit_tls(void **state)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
     const char *msg = "Subject: t\r\n\r\nbody\r\n";
 
     (void)state;
-    server_start(&srv, "smtps", extra);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtps", extra);
+    delivery_settings(&s, srv, NULL);
     if (send_bytes(&s, msg, strlen(msg), &res, &err) != 0)
         fail_msg("send failed: %s", err.message);
     assert_int_equal(res.outcome, MD_MAIL_SENT);
-    assert_true(saved_exists(&srv, "0001.eml"));
-    server_stop(&srv);
+    assert_true(saved_exists(srv, "0001.eml"));
+    server_stop(srv);
 }
 
 static void send_server_down_temporary(void **state)
@@ -1071,11 +1084,11 @@ static void send_4xx_temporary(void **state)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
 
     (void)state;
-    server_start(&srv, "smtp", extra);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtp", extra);
+    delivery_settings(&s, srv, NULL);
     assert_int_equal(send_bytes(&s, "x\r\n", 3, &res, &err), -1);
     assert_int_equal(res.outcome, MD_MAIL_TEMPORARY);
     assert_int_equal(res.smtp_code, 451);
@@ -1083,8 +1096,8 @@ static void send_4xx_temporary(void **state)
     assert_string_equal(err.service_code, "451");
     assert_non_null(strstr(err.message, "MAIL"));
     assert_non_null(strstr(err.message, "451 4.3.0 try again later"));
-    assert_false(saved_exists(&srv, "0001.eml"));
-    server_stop(&srv);
+    assert_false(saved_exists(srv, "0001.eml"));
+    server_stop(srv);
 }
 
 static void send_5xx_data_permanent(void **state)
@@ -1095,18 +1108,18 @@ static void send_5xx_data_permanent(void **state)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
 
     (void)state;
-    server_start(&srv, "smtp", extra);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtp", extra);
+    delivery_settings(&s, srv, NULL);
     assert_int_equal(send_bytes(&s, "x\r\n", 3, &res, &err), -1);
     assert_int_equal(res.outcome, MD_MAIL_PERMANENT);
     assert_int_equal(res.smtp_code, 554);
     assert_int_equal(err.kind, MD_E_SERVICE);
     assert_string_equal(err.service_code, "554");
     assert_non_null(strstr(err.message, "554 5.7.1 message refused"));
-    server_stop(&srv);
+    server_stop(srv);
 }
 
 static void send_5xx_every_rcpt_permanent(void **state)
@@ -1117,16 +1130,16 @@ static void send_5xx_every_rcpt_permanent(void **state)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
 
     (void)state;
-    server_start(&srv, "smtp", extra);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtp", extra);
+    delivery_settings(&s, srv, NULL);
     assert_int_equal(send_bytes(&s, "x\r\n", 3, &res, &err), -1);
     assert_int_equal(res.outcome, MD_MAIL_PERMANENT);
     assert_int_equal(res.rejected, 2);
     assert_non_null(strstr(err.message, "RCPT"));
-    server_stop(&srv);
+    server_stop(srv);
 }
 
 static void check_no_clear_text(const char *mode)
@@ -1135,18 +1148,18 @@ static void check_no_clear_text(const char *mode)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
 
-    server_start(&srv, "smtp", extra);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtp", extra);
+    delivery_settings(&s, srv, NULL);
     assert_int_equal(send_bytes(&s, "x\r\n", 3, &res, &err), -1);
     assert_int_equal(res.outcome, MD_MAIL_TEMPORARY);
     assert_int_equal(err.kind, MD_E_TLS);
     assert_non_null(strstr(err.message, "STARTTLS"));
     assert_non_null(strstr(err.message, "no mail was sent"));
     /* The server would have accepted clear text; nothing arrived. */
-    assert_false(saved_exists(&srv, "0001.eml"));
-    server_stop(&srv);
+    assert_false(saved_exists(srv, "0001.eml"));
+    server_stop(srv);
 }
 
 static void send_starttls_rejected_no_mail(void **state)
@@ -1170,13 +1183,13 @@ static void send_one_rcpt_rejected_sent(void **state)
     struct md_mail_result res;
     struct md_error err;
     struct capture cap;
-    struct server srv;
+    struct server *srv = &active_server;
     char *log;
     int rc;
 
     (void)state;
-    server_start(&srv, "smtp", extra);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtp", extra);
+    delivery_settings(&s, srv, NULL);
     capture_start(&cap);
     rc = send_bytes(&s, "x\r\n", 3, &res, &err);
     log = capture_end(&cap);
@@ -1185,9 +1198,9 @@ static void send_one_rcpt_rejected_sent(void **state)
     assert_int_equal(res.accepted, 1);
     assert_int_equal(res.rejected, 1);
     assert_non_null(strstr(log, "rejected recipient lead@example.com"));
-    assert_true(saved_exists(&srv, "0001.eml"));
+    assert_true(saved_exists(srv, "0001.eml"));
     free(log);
-    server_stop(&srv);
+    server_stop(srv);
 }
 
 static void assert_no_password(const char *text)
@@ -1208,15 +1221,15 @@ static void password_never_logged(void **state)
     struct md_mail_result res;
     struct md_error err;
     struct capture cap;
-    struct server srv;
+    struct server *srv = &active_server;
     char *log;
     int rc;
 
     (void)state;
     assert_int_equal(md_secret_set(&password, PASSWORD, strlen(PASSWORD)),
                      0);
-    server_start(&srv, "smtp", extra);
-    delivery_settings(&s, &srv, &password);
+    server_start(srv, "smtp", extra);
+    delivery_settings(&s, srv, &password);
     md_log_set_level(MD_LOG_DEBUG);
     capture_start(&cap);
     rc = send_bytes(&s, "x\r\n", 3, &res, &err);
@@ -1230,7 +1243,7 @@ static void password_never_logged(void **state)
     assert_no_password(log);
     assert_no_password(err.message);
     free(log);
-    server_stop(&srv);
+    server_stop(srv);
     md_secret_clear(&password);
 }
 
@@ -1239,17 +1252,17 @@ static void send_untrusted_certificate_fails(void **state)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
 
     (void)state;
-    server_start(&srv, "smtp", NULL);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtp", NULL);
+    delivery_settings(&s, srv, NULL);
     s.ca_file = NULL;
     assert_int_equal(send_bytes(&s, "x\r\n", 3, &res, &err), -1);
     assert_int_equal(res.outcome, MD_MAIL_TEMPORARY);
     assert_int_equal(err.kind, MD_E_TLS);
-    assert_false(saved_exists(&srv, "0001.eml"));
-    server_stop(&srv);
+    assert_false(saved_exists(srv, "0001.eml"));
+    server_stop(srv);
 }
 
 static void mail_test_sends_message(void **state)
@@ -1257,22 +1270,22 @@ static void mail_test_sends_message(void **state)
     struct md_mail_settings s;
     struct md_mail_result res;
     struct md_error err;
-    struct server srv;
+    struct server *srv = &active_server;
     size_t len;
     char *saved;
 
     (void)state;
-    server_start(&srv, "smtp", NULL);
-    delivery_settings(&s, &srv, NULL);
+    server_start(srv, "smtp", NULL);
+    delivery_settings(&s, srv, NULL);
     md_error_clear(&err);
     if (md_mail_test(&s, "[mdhunt]", &res, &err) != 0)
         fail_msg("mail test failed: %s", err.message);
-    saved = saved_file(&srv, "0001.eml", &len);
+    saved = saved_file(srv, "0001.eml", &len);
     assert_non_null(saved);
     assert_non_null(strstr(saved, "\r\nSubject: [mdhunt] test message\r\n"));
     assert_non_null(strstr(saved, "Mail delivery works."));
     free(saved);
-    server_stop(&srv);
+    server_stop(srv);
 }
 
 static void send_rejects_url_credentials(void **state)
@@ -1335,18 +1348,29 @@ int main(void)
         cmocka_unit_test(qp_keeps_long_lines_short),
         cmocka_unit_test(retry_schedule_delays),
         cmocka_unit_test(retry_schedule_ends_dead),
-        cmocka_unit_test(send_starttls_auth_saves_bytes),
-        cmocka_unit_test(send_implicit_tls),
+        cmocka_unit_test_teardown(send_starttls_auth_saves_bytes,
+                                  server_teardown),
+        cmocka_unit_test_teardown(send_implicit_tls,
+                                  server_teardown),
         cmocka_unit_test(send_server_down_temporary),
-        cmocka_unit_test(send_4xx_temporary),
-        cmocka_unit_test(send_5xx_data_permanent),
-        cmocka_unit_test(send_5xx_every_rcpt_permanent),
-        cmocka_unit_test(send_starttls_rejected_no_mail),
-        cmocka_unit_test(send_starttls_absent_no_mail),
-        cmocka_unit_test(send_one_rcpt_rejected_sent),
-        cmocka_unit_test(password_never_logged),
-        cmocka_unit_test(send_untrusted_certificate_fails),
-        cmocka_unit_test(mail_test_sends_message),
+        cmocka_unit_test_teardown(send_4xx_temporary,
+                                  server_teardown),
+        cmocka_unit_test_teardown(send_5xx_data_permanent,
+                                  server_teardown),
+        cmocka_unit_test_teardown(send_5xx_every_rcpt_permanent,
+                                  server_teardown),
+        cmocka_unit_test_teardown(send_starttls_rejected_no_mail,
+                                  server_teardown),
+        cmocka_unit_test_teardown(send_starttls_absent_no_mail,
+                                  server_teardown),
+        cmocka_unit_test_teardown(send_one_rcpt_rejected_sent,
+                                  server_teardown),
+        cmocka_unit_test_teardown(password_never_logged,
+                                  server_teardown),
+        cmocka_unit_test_teardown(send_untrusted_certificate_fails,
+                                  server_teardown),
+        cmocka_unit_test_teardown(mail_test_sends_message,
+                                  server_teardown),
         cmocka_unit_test(send_rejects_url_credentials),
         cmocka_unit_test(send_rejects_other_schemes),
         cmocka_unit_test(send_rejects_unreadable_ca),
