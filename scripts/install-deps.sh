@@ -9,7 +9,7 @@ build-essential pkg-config ca-certificates openssl
 libcurl4-openssl-dev libjansson-dev libssl-dev libinih-dev libcmocka-dev
 libsqlite3-dev libyaml-dev sqlite3
 python3 python3-cryptography python3-jwt python3-aiosmtpd python3-msal
-clang libclang-rt-14-dev valgrind cppcheck
+clang libclang-rt-14-dev valgrind cppcheck clang-tidy
 "
 
 missing=""

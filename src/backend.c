@@ -1,11 +1,16 @@
 #include "mdhunt/backend.h"
 
 #include <jansson.h>
+#include <openssl/rand.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mdhunt/auth.h"
+#include "mdhunt/budget.h"
+#include "mdhunt/interrupt.h"
 #include "mdhunt/log.h"
 #include "mdhunt/mdtime.h"
 
@@ -13,11 +18,29 @@
 #define MESSAGE_QUOTE_MAX 400
 #define BODY_QUOTE_MAX 200
 
+/* Backoff ceilings: 1 s for the first retry, doubling up to 60 s. */
+#define BASE_DELAY_MS 1000
+#define MAX_DELAY_MS 60000
+
+/* The window of a call-rate 429 whose message names none: the
+ * per-minute quota is the one a cycle of rules usually hits. */
+#define DEFAULT_QUOTA_WINDOW 60
+
+/* A stop request ends a default sleep within this many milliseconds. */
+#define SLEEP_STEP_MS 100
+
 struct md_backend {
     enum md_backend_kind kind;
     struct md_http *http;
     struct md_auth *auth;
+    struct md_budget *budget;
+    struct md_budget_limits limits;
+    char *tenant_id;
+    char *client_id;
     char *url;              /* the hunting endpoint */
+    struct md_retry_policy policy;
+    struct md_backend_hooks hooks;
+    int budget_failed;      /* a budget error was logged: no more */
 };
 
 /* A backend's request path, reply key spellings and required permission. */
@@ -29,16 +52,20 @@ struct service {
     const char *results_key;
     const char *name_key;
     const char *type_key;
-    const char *permission;
+    const char *role;           /* application permission */
+    const char *api;            /* the API that grants it */
+    const char *permission;     /* both, for messages */
 };
 
 static const struct service services[] = {
     { MD_BACKEND_GRAPH, "Graph", "/v1.0/security/runHuntingQuery",
       "schema", "results", "name", "type",
+      "ThreatHunting.Read.All", "Microsoft Graph",
       "the ThreatHunting.Read.All application permission of Microsoft "
       "Graph" },
     { MD_BACKEND_DEFENDER, "Defender", "/api/advancedhunting/run",
       "Schema", "Results", "Name", "Type",
+      "AdvancedHunting.Read.All", "Microsoft Threat Protection",
       "the AdvancedHunting.Read.All application permission of the "
       "Microsoft Threat Protection API" },
 };
@@ -52,15 +79,118 @@ static const struct service *find_service(enum md_backend_kind kind)
     return NULL;
 }
 
+const char *md_backend_permission(enum md_backend_kind kind)
+{
+    const struct service *svc = find_service(kind);
+
+    return svc != NULL ? svc->role : NULL;
+}
+
+const char *md_backend_permission_api(enum md_backend_kind kind)
+{
+    const struct service *svc = find_service(kind);
+
+    return svc != NULL ? svc->api : NULL;
+}
+
+void md_backend_policy_from_config(const struct md_config *cfg,
+                                   struct md_retry_policy *policy)
+{
+    policy->max_retries = cfg->api.max_retries;
+    policy->max_retry_time = cfg->api.max_retry_time;
+    policy->base_delay_ms = BASE_DELAY_MS;
+    policy->max_delay_ms = MAX_DELAY_MS;
+}
+
+void md_backend_set_policy(struct md_backend *backend,
+                           const struct md_retry_policy *policy)
+{
+    backend->policy = *policy;
+}
+
+void md_backend_set_hooks(struct md_backend *backend,
+                          const struct md_backend_hooks *hooks)
+{
+    backend->hooks = *hooks;
+}
+
+struct md_http *md_backend_http(struct md_backend *backend)
+{
+    return backend->http;
+}
+
+int md_backend_use_budget_file(struct md_backend *backend, const char *path,
+                               struct md_error *err)
+{
+    struct md_budget *budget;
+
+    if (md_budget_open(path, backend->tenant_id, backend->client_id,
+                       &backend->limits, &budget, err) != 0)
+        return -1;
+    md_budget_free(backend->budget);
+    backend->budget = budget;
+    backend->budget_failed = 0;
+    return 0;
+}
+
+/* Open the budget beside the store when the configuration has one, else
+ * in memory. */
+static int open_budget(struct md_backend *b, const struct md_config *cfg,
+                       struct md_error *err)
+{
+    struct md_buf path = MD_BUF_INIT;
+    struct md_error file_err;
+    int rc;
+
+    if (cfg->store.configured && cfg->store.path != NULL) {
+        if (md_buf_puts(&path, cfg->store.path) != 0 ||
+            md_buf_puts(&path, MD_BUDGET_SUFFIX) != 0) {
+            md_buf_free(&path);
+            return md_error_set(err, MD_E_INTERNAL, "out of memory");
+        }
+        md_error_clear(&file_err);
+        rc = md_backend_use_budget_file(b, path.data, &file_err);
+        md_buf_free(&path);
+        if (rc == 0)
+            return 0;
+        md_warn("%s; counting API calls in memory, not shared with other "
+                "mdhunt processes", file_err.message);
+    }
+    return md_budget_open(NULL, b->tenant_id, b->client_id, &b->limits,
+                          &b->budget, err);
+}
+
+static int copy_settings(struct md_backend *b, const struct md_config *cfg,
+                         const struct service *svc, const char *base)
+{
+    struct md_buf url = MD_BUF_INIT;
+    size_t base_len = strlen(base);
+
+    while (base_len > 0 && base[base_len - 1] == '/')
+        base_len--;
+    if (md_buf_printf(&url, "%.*s%s", (int)base_len, base, svc->path) != 0
+        || (b->url = md_buf_detach(&url)) == NULL) {
+        md_buf_free(&url);
+        return -1;
+    }
+    b->kind = cfg->api.backend;
+    b->tenant_id = md_strdup(cfg->auth.tenant_id != NULL
+                             ? cfg->auth.tenant_id : "");
+    b->client_id = md_strdup(cfg->auth.client_id != NULL
+                             ? cfg->auth.client_id : "");
+    b->limits.per_minute = cfg->api.max_calls_per_minute;
+    b->limits.per_hour = cfg->api.max_calls_per_hour;
+    md_backend_policy_from_config(cfg, &b->policy);
+    return b->tenant_id != NULL && b->client_id != NULL ? 0 : -1;
+}
+
 int md_backend_new(const struct md_config *cfg, struct md_backend **out,
                    struct md_error *err)
 {
     const struct service *svc = find_service(cfg->api.backend);
     struct md_http_options opts;
     struct md_backend *b;
-    struct md_buf url = MD_BUF_INIT;
     const char *base;
-    size_t base_len;
 
     *out = NULL;
     if (svc == NULL)
@@ -72,18 +202,13 @@ int md_backend_new(const struct md_config *cfg, struct md_backend **out,
     if (base == NULL)
         return md_error_set(err, MD_E_CONFIG,
                             "no API URL is known for the %s backend in "
-                            "this cloud; set [api] url", svc->name);
+                            "the %s cloud; set [api] url", svc->name,
+                            md_cloud_name(cfg->auth.cloud));
 
     b = calloc(1, sizeof(*b));
     if (b == NULL)
         return md_error_set(err, MD_E_INTERNAL, "out of memory");
-    b->kind = cfg->api.backend;
-    base_len = strlen(base);
-    while (base_len > 0 && base[base_len - 1] == '/')
-        base_len--;
-    if (md_buf_printf(&url, "%.*s%s", (int)base_len, base, svc->path) != 0
-        || (b->url = md_buf_detach(&url)) == NULL) {
-        md_buf_free(&url);
+    if (copy_settings(b, cfg, svc, base) != 0) {
         md_backend_free(b);
         return md_error_set(err, MD_E_INTERNAL, "out of memory");
     }
@@ -95,7 +220,8 @@ int md_backend_new(const struct md_config *cfg, struct md_backend **out,
     opts.timeout = cfg->api.timeout;
     opts.max_reply_size = cfg->api.max_reply_size;
     if (md_http_new(&opts, &b->http, err) != 0
-        || md_auth_new(cfg, b->http, &b->auth, err) != 0) {
+        || md_auth_new(cfg, b->http, &b->auth, err) != 0
+        || open_budget(b, cfg, err) != 0) {
         md_backend_free(b);
         return -1;
     }
@@ -109,6 +235,9 @@ void md_backend_free(struct md_backend *backend)
         return;
     md_auth_free(backend->auth);
     md_http_free(backend->http);
+    md_budget_free(backend->budget);
+    free(backend->tenant_id);
+    free(backend->client_id);
     free(backend->url);
     free(backend);
 }
@@ -655,9 +784,27 @@ int md_backend_map_error(enum md_backend_kind kind,
                         svc->name, what);
 }
 
-/* One attempt: token, request, reply.  A retry loop calls this again. */
+/* ---- One attempt ------------------------------------------------------- */
+
+/* Where an attempt failed, for the retry decision. */
+struct attempt_outcome {
+    int at_api;             /* the API replied or failed, not Entra ID */
+    int unreadable;         /* a 200 reply that is not JSON or cut off */
+};
+
+static int is_json(const char *body, size_t len)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+
+    json_decref(root);
+    return root != NULL;
+}
+
+/* One attempt: token, request, reply. */
 static int run_once(struct md_backend *b, const char *body, size_t body_len,
-                    int flags, struct md_table **out, struct md_error *err)
+                    int flags, struct md_table **out,
+                    struct attempt_outcome *outcome, struct md_error *err)
 {
     static const char *const headers[] = {
         "Content-Type: application/json; charset=utf-8",
@@ -670,8 +817,10 @@ static int run_once(struct md_backend *b, const char *body, size_t body_len,
     struct md_http_response resp;
     int rc = -1;
 
+    memset(outcome, 0, sizeof(*outcome));
     if (md_auth_token(b->auth, &token, err) != 0)
         return -1;
+    outcome->at_api = 1;
     memset(&req, 0, sizeof(req));
     req.method = "POST";
     req.url = b->url;
@@ -694,6 +843,8 @@ static int run_once(struct md_backend *b, const char *body, size_t body_len,
         snprintf(err->request_id, sizeof(err->request_id), "%s",
                  resp.request_id[0] != '\0' ? resp.request_id
                                             : resp.ms_request_id);
+        outcome->unreadable = err->kind == MD_E_SERVICE &&
+                              !is_json(resp.body.data, resp.body.len);
     }
 
 out:
@@ -701,26 +852,419 @@ out:
     return rc;
 }
 
+/* ---- Hooks ------------------------------------------------------------- */
+
+static md_instant hook_now(const struct md_backend *b)
+{
+    return b->hooks.now != NULL ? b->hooks.now(b->hooks.ctx) : md_now();
+}
+
+static int default_sleep(int64_t ms)
+{
+    while (ms > 0) {
+        int64_t step = ms < SLEEP_STEP_MS ? ms : SLEEP_STEP_MS;
+        struct timespec ts = {
+            (time_t)(step / 1000), (long)(step % 1000) * 1000000L
+        };
+
+        if (md_interrupt_pending())
+            return -1;
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+    return md_interrupt_pending() ? -1 : 0;
+}
+
+static int hook_sleep(const struct md_backend *b, int64_t ms)
+{
+    if (b->hooks.sleep != NULL)
+        return b->hooks.sleep(ms, b->hooks.ctx);
+    return default_sleep(ms);
+}
+
+static double hook_random(const struct md_backend *b)
+{
+    unsigned char bytes[4];
+    uint32_t v;
+
+    if (b->hooks.random != NULL)
+        return b->hooks.random(b->hooks.ctx);
+    if (RAND_bytes(bytes, sizeof(bytes)) != 1)
+        return 0.5;
+    v = ((uint32_t)bytes[0] << 24) | ((uint32_t)bytes[1] << 16)
+        | ((uint32_t)bytes[2] << 8) | bytes[3];
+    return v / 4294967296.0;
+}
+
+/* ---- The retry loop ----------------------------------------------------- */
+
+/* What follows a failed attempt. */
+enum next_step {
+    STEP_FAIL,              /* give up with the error */
+    STEP_NEW_TOKEN,         /* 401: new token, retry at once */
+    STEP_BACKOFF,           /* exponential backoff with full jitter */
+    STEP_THROTTLED,         /* 429 for the call rate */
+    STEP_CPU_QUOTA          /* 429 for the CPU quota: pause the tenant */
+};
+
+/* The state of one md_backend_run(). */
+struct run_state {
+    struct md_backend *b;
+    md_instant start;
+    int64_t waited_ms;      /* sum of the waits so far */
+    long retries;           /* retries started */
+    int last_was_401;
+};
+
+static enum next_step next_step(const struct md_error *err,
+                                const struct attempt_outcome *o,
+                                int last_was_401)
+{
+    switch (err->kind) {
+    case MD_E_NETWORK:
+        return STEP_BACKOFF;
+    case MD_E_SERVICE:
+        /* Not a reply over max_reply_size, which has no status, nor a
+         * well-formed reply of an unexpected shape. */
+        if (err->http_status >= 500 || (o->unreadable && o->at_api) ||
+            (!o->at_api && err->http_status != 0))
+            return STEP_BACKOFF;
+        return STEP_FAIL;
+    case MD_E_AUTH:
+        return o->at_api && !last_was_401 ? STEP_NEW_TOKEN : STEP_FAIL;
+    case MD_E_THROTTLED:
+        return o->at_api ? STEP_THROTTLED : STEP_FAIL;
+    case MD_E_CPU_QUOTA:
+        return o->at_api ? STEP_CPU_QUOTA : STEP_FAIL;
+    default:
+        return STEP_FAIL;
+    }
+}
+
+/* Milliseconds waited or passed since the run started, whichever is
+ * more: a test clock may stand still. */
+static int64_t elapsed_ms(const struct run_state *st)
+{
+    int64_t passed = (hook_now(st->b) - st->start) / (MD_TICKS_PER_SECOND
+                                                       / 1000);
+
+    return passed > st->waited_ms ? passed : st->waited_ms;
+}
+
+static int64_t remaining_ms(const struct run_state *st)
+{
+    int64_t left = st->b->policy.max_retry_time * 1000 - elapsed_ms(st);
+
+    return left > 0 ? left : 0;
+}
+
+static int64_t backoff_ms(const struct run_state *st)
+{
+    const struct md_retry_policy *p = &st->b->policy;
+    int64_t ceiling = p->base_delay_ms;
+
+    for (long i = 0; i < st->retries && ceiling < p->max_delay_ms; i++)
+        ceiling *= 2;
+    if (ceiling > p->max_delay_ms)
+        ceiling = p->max_delay_ms;
+    return (int64_t)(hook_random(st->b) * (double)ceiling);
+}
+
+/* The window of a call-quota message, "... 45 per 00:01:00 ...", in
+ * seconds; DEFAULT_QUOTA_WINDOW when it names none. */
+static int64_t quota_window(const char *message)
+{
+    const char *p = strstr(message, " per ");
+    char text[32];
+    size_t n;
+    int64_t seconds;
+
+    if (p == NULL)
+        return DEFAULT_QUOTA_WINDOW;
+    p += 5;
+    n = strspn(p, "0123456789:.");
+    if (n == 0 || n >= sizeof(text))
+        return DEFAULT_QUOTA_WINDOW;
+    memcpy(text, p, n);
+    text[n] = '\0';
+    if (text[n - 1] == '.')
+        text[n - 1] = '\0';
+    if (md_duration_parse(text, &seconds) != 0 || seconds <= 0)
+        return DEFAULT_QUOTA_WINDOW;
+    return seconds;
+}
+
+/* Equal jitter within the window: between half of it and all of it, so
+ * that rules hit together do not retry together. */
+static int64_t throttle_ms(const struct run_state *st,
+                           const struct md_error *err)
+{
+    int64_t window;
+
+    if (err->retry_after >= 0)
+        return (int64_t)err->retry_after * 1000;
+    window = quota_window(err->message) * 1000;
+    return window / 2 + (int64_t)(hook_random(st->b) * (double)(window / 2));
+}
+
+static void budget_warning(struct md_backend *b, const struct md_error *err)
+{
+    if (b->budget_failed)
+        return;
+    md_warn("%s; going on without the call budget", err->message);
+    b->budget_failed = 1;
+}
+
+static void pause_tenant(struct run_state *st, const struct md_error *err,
+                         int64_t pause_ms)
+{
+    struct md_backend *b = st->b;
+    md_instant now = hook_now(b);
+    struct md_error budget_err;
+    char text[MD_TIME_TEXT_MAX];
+
+    md_error_clear(&budget_err);
+    if (md_budget_pause_tenant(b->budget, now, now + pause_ms *
+                               (MD_TICKS_PER_SECOND / 1000),
+                               &budget_err) != 0)
+        budget_warning(b, &budget_err);
+    md_warn("the CPU quota of tenant %s is used up: its queries are paused "
+            "until %s (HTTP %ld, request id %s)", b->tenant_id,
+            md_time_format_seconds(now + pause_ms *
+                                   (MD_TICKS_PER_SECOND / 1000),
+                                   text, sizeof(text)),
+            err->http_status,
+            err->request_id[0] != '\0' ? err->request_id : "none");
+}
+
+static void hold_calls(struct run_state *st, int64_t wait_ms)
+{
+    struct md_backend *b = st->b;
+    md_instant now = hook_now(b);
+    struct md_error budget_err;
+
+    md_error_clear(&budget_err);
+    if (md_budget_hold(b->budget, now, now + wait_ms *
+                       (MD_TICKS_PER_SECOND / 1000), &budget_err) != 0)
+        budget_warning(b, &budget_err);
+}
+
+static void log_retry(const struct run_state *st, int64_t wait_ms,
+                      const struct md_error *err)
+{
+    char status[32];
+
+    if (err->http_status != 0)
+        snprintf(status, sizeof(status), "HTTP %ld", err->http_status);
+    else
+        snprintf(status, sizeof(status), "no HTTP status");
+    md_info("retry %ld of %ld in %.1f s after %s (%s, request id %s): %s",
+            st->retries + 1, st->b->policy.max_retries, wait_ms / 1000.0,
+            status, md_err_kind_name(err->kind),
+            err->request_id[0] != '\0' ? err->request_id : "none",
+            err->message);
+}
+
+/* Append why no retry follows to err's message. */
+static void explain_stop(struct md_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void explain_stop(struct md_error *err, const char *fmt, ...)
+{
+    size_t len = strlen(err->message);
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err->message + len, sizeof(err->message) - len, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * Decide whether and how long to wait before the next attempt.  Returns
+ * 1 with *wait_ms set to retry, 0 to give up with err as it is (and a
+ * note why appended).
+ */
+static int plan_retry(struct run_state *st, const struct attempt_outcome *o,
+                      struct md_error *err, int64_t *wait_ms)
+{
+    enum next_step step = next_step(err, o, st->last_was_401);
+    const struct md_retry_policy *p = &st->b->policy;
+
+    st->last_was_401 = 0;
+    if (step == STEP_FAIL)
+        return 0;
+    switch (step) {
+    case STEP_NEW_TOKEN:
+        md_auth_invalidate(st->b->auth);
+        st->last_was_401 = 1;
+        *wait_ms = 0;
+        break;
+    case STEP_BACKOFF:
+        *wait_ms = err->retry_after >= 0
+                   ? (int64_t)err->retry_after * 1000 : backoff_ms(st);
+        break;
+    case STEP_THROTTLED:
+        *wait_ms = throttle_ms(st, err);
+        hold_calls(st, *wait_ms);
+        break;
+    default:
+        *wait_ms = (err->retry_after > 0 ? (int64_t)err->retry_after
+                    : MD_BUDGET_CPU_PAUSE_SECONDS) * 1000;
+        pause_tenant(st, err, *wait_ms);
+        break;
+    }
+
+    if (p->max_retries == 0)
+        return 0;
+    if (st->retries >= p->max_retries) {
+        explain_stop(err, " (gave up after %ld retr%s, [api] max_retries)",
+                     st->retries, st->retries == 1 ? "y" : "ies");
+        return 0;
+    }
+    if (*wait_ms > remaining_ms(st)) {
+        explain_stop(err, " (not retried: waiting %.0f s would pass [api] "
+                     "max_retry_time of %lld s)", *wait_ms / 1000.0,
+                     (long long)p->max_retry_time);
+        return 0;
+    }
+    return 1;
+}
+
+static int wait_ms_interruptible(struct run_state *st, int64_t ms,
+                                 struct md_error *err)
+{
+    if (ms <= 0)
+        return 0;
+    st->waited_ms += ms;
+    if (hook_sleep(st->b, ms) != 0)
+        return md_error_set(err, MD_E_INTERRUPTED, "stopped by a stop "
+                            "request while waiting to call %s",
+                            find_service(st->b->kind)->name);
+    return 0;
+}
+
+static int fail_paused(struct run_state *st, md_instant now,
+                       md_instant until, struct md_error *err)
+{
+    char text[MD_TIME_TEXT_MAX];
+    const char *path = md_budget_path(st->b->budget);
+
+    md_error_clear(err);
+    err->retry_after = (long)((until - now + MD_TICKS_PER_SECOND - 1)
+                              / MD_TICKS_PER_SECOND);
+    return md_error_set(err, MD_E_CPU_QUOTA, "not sent: the advanced "
+                        "hunting CPU quota of tenant %s is used up and its "
+                        "queries are paused until %s%s%s; wait, or make "
+                        "the queries cheaper", st->b->tenant_id,
+                        md_time_format_seconds(until, text, sizeof(text)),
+                        path != NULL ? " (recorded in " : "",
+                        path != NULL ? path : "");
+}
+
+static int fail_no_slot(struct run_state *st, md_instant at,
+                        struct md_error *err)
+{
+    char text[MD_TIME_TEXT_MAX];
+
+    md_error_clear(err);
+    return md_error_set(err, MD_E_THROTTLED, "not sent: the call budget of "
+                        "[api] max_calls_per_minute = %ld and "
+                        "max_calls_per_hour = %ld has no slot before %s, "
+                        "later than [api] max_retry_time allows; run "
+                        "fewer rules, less often, or raise the limits",
+                        st->b->limits.per_minute, st->b->limits.per_hour,
+                        md_time_format_seconds(at, text, sizeof(text)));
+}
+
+/* Reserve the call in the budget and wait for its slot. */
+static int pace(struct run_state *st, struct md_error *err)
+{
+    struct md_backend *b = st->b;
+    md_instant now = hook_now(b);
+    md_instant latest = now + remaining_ms(st) * (MD_TICKS_PER_SECOND
+                                                  / 1000);
+    struct md_budget_slot slot;
+    struct md_error budget_err;
+    int64_t wait;
+
+    md_error_clear(&budget_err);
+    if (md_budget_reserve(b->budget, now, latest, &slot, &budget_err) != 0) {
+        budget_warning(b, &budget_err);
+        return 0;
+    }
+    if (slot.paused_until != 0 && slot.paused_until > latest)
+        return fail_paused(st, now, slot.paused_until, err);
+    if (slot.paused_until == 0 && !slot.reserved)
+        return fail_no_slot(st, slot.at, err);
+
+    wait = (slot.at - now) / (MD_TICKS_PER_SECOND / 1000);
+    if (wait <= 0)
+        return 0;
+    if (slot.paused_until != 0)
+        md_info("waiting %.1f s for the end of the CPU-quota pause of "
+                "tenant %s", wait / 1000.0, b->tenant_id);
+    else
+        md_log(wait >= 1000 ? MD_LOG_INFO : MD_LOG_DEBUG,
+               "pacing: waiting %.1f s for a slot in the call budget "
+               "(max_calls_per_minute = %ld, max_calls_per_hour = %ld)",
+               wait / 1000.0, b->limits.per_minute, b->limits.per_hour);
+    if (wait_ms_interruptible(st, wait, err) != 0)
+        return -1;
+    return slot.paused_until != 0 ? pace(st, err) : 0;
+}
+
 int md_backend_run(struct md_backend *backend, const char *query,
                    size_t len, int64_t period_seconds, int flags,
                    struct md_table **out, struct md_error *err)
 {
+    struct run_state st;
+    struct attempt_outcome outcome;
+    struct md_error local;
     char *body;
     size_t body_len;
-    int64_t start = md_monotonic_ms();
+    int64_t start_ms = md_monotonic_ms();
+    int64_t wait;
     int rc;
 
     *out = NULL;
+    if (err == NULL)
+        err = &local;
     if (md_backend_build_body(backend->kind, query, len, period_seconds,
                               &body, &body_len, err) != 0)
         return -1;
-    rc = run_once(backend, body, body_len, flags, out, err);
+    memset(&st, 0, sizeof(st));
+    st.b = backend;
+    st.start = hook_now(backend);
+
+    for (;;) {
+        /* A call the budget refuses is not sent, so not retried. */
+        rc = pace(&st, err);
+        if (rc != 0)
+            break;
+        md_error_clear(err);
+        rc = run_once(backend, body, body_len, flags, out, &outcome, err);
+        if (rc == 0 || err->kind == MD_E_INTERRUPTED)
+            break;
+        if (!plan_retry(&st, &outcome, err, &wait))
+            break;
+        log_retry(&st, wait, err);
+        st.retries++;
+        if (wait_ms_interruptible(&st, wait, err) != 0)
+            break;
+    }
     free(body);
     if (rc != 0)
         return -1;
 
     md_debug("backend: %s returned %zu rows and %zu columns in %lld ms",
              find_service(backend->kind)->name, (*out)->nrows,
-             (*out)->ncolumns, (long long)(md_monotonic_ms() - start));
+             (*out)->ncolumns, (long long)(md_monotonic_ms() - start_ms));
     return 0;
+}
+
+int md_backend_paused_until(struct md_backend *backend, md_instant *until,
+                            struct md_error *err)
+{
+    return md_budget_paused_until(backend->budget, hook_now(backend), until,
+                                  err);
 }

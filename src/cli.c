@@ -29,6 +29,14 @@ static const char usage_text[] =
 "  diff [--rule ID]        show a stored run's new and gone devices\n"
 "  status                  show each rule's last run and next due time\n"
 "  devices [--rule ID]     list the devices the rules have found\n"
+"  outbox [--retry|--show] list the mail digests, deliver them now, or\n"
+"                          print one as it is sent\n"
+"  mail-test               send a test message with the [mail] settings\n"
+"  exclusions check|list   validate the exclusions file, or list its\n"
+"                          entries with the devices they excluded\n"
+"  auth check              get a token and show its tenant, roles and\n"
+"                          expiry, and whether the backend's permission\n"
+"                          is among them\n"
 "\n"
 "Options:\n"
 "  -c, --config FILE  configuration file (default $MDHUNT_CONFIG, else\n"
@@ -64,6 +72,10 @@ static const struct command commands[] = {
     { "diff", md_cmd_diff },
     { "status", md_cmd_status },
     { "devices", md_cmd_devices },
+    { "outbox", md_cmd_outbox },
+    { "mail-test", md_cmd_mail_test },
+    { "auth", md_cmd_auth },
+    { "exclusions", md_cmd_exclusions },
 };
 
 int md_cli_load_config(struct md_cli *cli, int required,

@@ -26,6 +26,12 @@ static const char run_usage[] =
 "SIGINT stops it (exit status 0), recording a run in progress as\n"
 "interrupted.\n"
 "\n"
+"With a [mail] section, the reports of the runs are mailed as digests:\n"
+"--once composes one after its runs, the daemon one every [mail]\n"
+"digest_every, and both then deliver the digests that are due.  A\n"
+"failed delivery is logged, the digest stays queued for a later attempt\n"
+"(see mdhunt outbox), and the exit status stays that of the runs.\n"
+"\n"
 "Options:\n"
 "      --once       run the rules that are due, then exit\n"
 "      --all        with --once: run every rule, due or not\n"
@@ -132,6 +138,19 @@ int md_cmd_run(struct md_cli *cli, int argc, char **argv,
         status = -1;
     } else {
         status = once_status(&res, opts.rule_id != NULL);
+        /* Mail errors are logged there and leave the digests queued; the
+         * exit status describes the runs. */
+        if (!res.interrupted) {
+            struct md_error mail_err;
+
+            md_error_clear(&mail_err);
+            md_runner_mail(runner, 1, &mail_err);
+            if (md_interrupt_pending()) {
+                md_info("mail stopped by %s; the digests stay queued",
+                        md_runner_signal_name(md_interrupt_pending()));
+                status = MD_EXIT_INTERRUPTED;
+            }
+        }
     }
 
     md_runner_free(runner);

@@ -15,6 +15,7 @@
 
 #include "mdhunt/cli.h"
 #include "mdhunt/diff.h"
+#include "mdhunt/exclusions.h"
 #include "mdhunt/log.h"
 #include "mdhunt/mdtime.h"
 #include "mdhunt/output.h"
@@ -27,8 +28,9 @@ static const char diff_usage[] =
 "Usage: mdhunt diff [--rule ID] [--run N] [--format table|json|csv]\n"
 "\n"
 "Show the diff of a stored run: the devices that were new, gone,\n"
-"returned or renamed, as reported when the run finished.  Default: the\n"
-"newest successful run, of rule ID when --rule is given.\n"
+"returned or renamed, as reported when the run finished, then those that\n"
+"exclusions removed and those no longer excluded (uncovered).  Default:\n"
+"the newest successful run, of rule ID when --rule is given.\n"
 "\n"
 "Options:\n"
 "  -r, --rule ID      the newest successful run of this rule\n"
@@ -41,7 +43,8 @@ static const char status_usage[] =
 "\n"
 "Show each rule's last run and its result, the rows and the new and\n"
 "gone devices it found, the next due time, the failed runs in a row\n"
-"and the last error.\n"
+"and the last error; then the mail digests waiting for delivery and the\n"
+"dead letters (digests whose delivery gave up; see mdhunt outbox).\n"
 "\n"
 "Options:\n"
 "  -f, --format FMT   table (default) or json\n"
@@ -268,11 +271,35 @@ static const struct column_spec diff_columns[] = {
     { "FirstSeen", TYPE_STRING },
     { "LastSeen", TYPE_STRING },
     { "details", TYPE_STRING },
+    { "exclusion", TYPE_STRING },
+    { "exclusion_expires", TYPE_STRING },
+    { "exclusion_reason", TYPE_STRING },
+    { "exclusion_owner", TYPE_STRING },
+};
+
+/* The table format shows the first DC_COUNT columns and the exclusion
+ * columns in sections of their own; CSV has all DC_ALL in one table. */
+enum {
+    DC_EVENT, DC_NAME, DC_ID, DC_MDHUNT_FIRST, DC_FIRST, DC_LAST,
+    DC_DETAILS, DC_COUNT,
+    DC_EXCLUSION = DC_COUNT, DC_EXCLUSION_EXPIRES, DC_EXCLUSION_REASON,
+    DC_EXCLUSION_OWNER, DC_ALL
+};
+
+/* The columns of the excluded and uncovered sections of the table. */
+static const struct column_spec exclusion_columns[] = {
+    { "DeviceName", TYPE_STRING },
+    { "DeviceId", TYPE_STRING },
+    { "exclusion", TYPE_STRING },
+    { "expires", TYPE_STRING },
+    { "reason", TYPE_STRING },
+    { "owner", TYPE_STRING },
+    { "details", TYPE_STRING },
 };
 
 enum {
-    DC_EVENT, DC_NAME, DC_ID, DC_MDHUNT_FIRST, DC_FIRST, DC_LAST,
-    DC_DETAILS, DC_COUNT
+    XC_NAME, XC_ID, XC_EXCLUSION, XC_EXPIRES, XC_REASON, XC_OWNER,
+    XC_DETAILS, XC_COUNT
 };
 
 /* A duration in words: "5 days", "1 hour", "90 minutes". */
@@ -297,9 +324,10 @@ static void duration_words(int64_t seconds, char *buf, size_t size)
     }
 }
 
-static void event_details(const struct md_event *ev, int64_t period,
-                          char *buf, size_t size)
+static void event_details(const struct md_event *ev,
+                          const struct md_run *run, char *buf, size_t size)
 {
+    int64_t period = run->period;
     char words[64];
 
     buf[0] = '\0';
@@ -327,6 +355,16 @@ static void event_details(const struct md_event *ev, int64_t period,
     case MD_EVENT_EMPTY_KEY:
         snprintf(buf, size, "row without a key value");
         break;
+    case MD_EVENT_EXCLUDED:
+        snprintf(buf, size, "%s", ev->first_excluded
+                 ? "excluded for the first time" : "excluded");
+        break;
+    case MD_EVENT_UNCOVERED:
+        snprintf(buf, size, "%s", ev->exclusion_expires != MD_STORE_TIME_NONE
+                 && run->started >= ev->exclusion_expires
+                 ? "no longer excluded: the entry expired"
+                 : "no longer excluded: the entry no longer applies");
+        break;
     default:
         break;
     }
@@ -353,13 +391,36 @@ static int set_member(struct md_table *t, struct md_cell *cell,
     return rc;
 }
 
-static int add_event_row(struct md_table *t, const struct md_event *ev,
-                         int64_t period, struct md_error *err)
+static int is_exclusion_event(const struct md_event *ev)
 {
-    char details[512];
+    return ev->kind == MD_EVENT_EXCLUDED || ev->kind == MD_EVENT_UNCOVERED;
+}
+
+/* Set the exclusion cells of a CSV row, from column first on. */
+static int set_exclusion_cells(struct md_table *t, struct md_cell *cells,
+                               int first, const struct md_event *ev,
+                               struct md_error *err)
+{
+    char expires[MD_TIME_TEXT_MAX];
+
+    if (!is_exclusion_event(ev))
+        return 0;
+    if (set_text(t, &cells[first], ev->exclusion_id, err) != 0 ||
+        (ev->exclusion_expires != MD_STORE_TIME_NONE &&
+         set_text(t, &cells[first + 1],
+                  md_exclusion_format_expiry(ev->exclusion_expires, expires,
+                                             sizeof(expires)),
+                  err) != 0) ||
+        set_text(t, &cells[first + 2], ev->exclusion_reason, err) != 0 ||
+        set_text(t, &cells[first + 3], ev->exclusion_owner, err) != 0)
+        return -1;
+    return 0;
+}
+
+/* Parse a stored row; NULL when it is missing or not a JSON object. */
+static json_t *stored_row(const struct md_event *ev)
+{
     json_t *row = NULL;
-    struct md_cell *cells;
-    int rc = -1;
 
     if (ev->row_json != NULL)
         row = json_loads(ev->row_json, JSON_DECODE_ANY | JSON_ALLOW_NUL,
@@ -368,12 +429,48 @@ static int add_event_row(struct md_table *t, const struct md_event *ev,
         json_decref(row);
         row = NULL;
     }
+    return row;
+}
+
+/* Add a row to the excluded or uncovered section of the table format. */
+static int add_exclusion_row(struct md_table *t, const struct md_event *ev,
+                             const struct md_run *run, struct md_error *err)
+{
+    char details[512];
+    json_t *row = stored_row(ev);
+    struct md_cell *cells = md_table_add_row(t);
+    int rc = -1;
+
+    if (cells == NULL) {
+        oom(err);
+        goto out;
+    }
+    event_details(ev, run, details, sizeof(details));
+    if (set_member(t, &cells[XC_NAME], row, "DeviceName", err) != 0 ||
+        set_member(t, &cells[XC_ID], row, "DeviceId", err) != 0 ||
+        set_text(t, &cells[XC_DETAILS], details, err) != 0)
+        goto out;
+    rc = set_exclusion_cells(t, cells, XC_EXCLUSION, ev, err);
+
+out:
+    json_decref(row);
+    return rc;
+}
+
+static int add_event_row(struct md_table *t, const struct md_event *ev,
+                         const struct md_run *run, struct md_error *err)
+{
+    char details[512];
+    json_t *row = stored_row(ev);
+    struct md_cell *cells;
+    int rc = -1;
+
     cells = md_table_add_row(t);
     if (cells == NULL) {
         oom(err);
         goto out;
     }
-    event_details(ev, period, details, sizeof(details));
+    event_details(ev, run, details, sizeof(details));
 
     if (set_text(t, &cells[DC_EVENT], md_event_kind_name(ev->kind),
                  err) != 0 ||
@@ -383,6 +480,9 @@ static int add_event_row(struct md_table *t, const struct md_event *ev,
         set_member(t, &cells[DC_LAST], row, "LastSeen", err) != 0 ||
         set_text(t, &cells[DC_DETAILS], details[0] ? details : NULL,
                  err) != 0)
+        goto out;
+    if (t->ncolumns > DC_COUNT &&
+        set_exclusion_cells(t, cells, DC_EXCLUSION, ev, err) != 0)
         goto out;
     if (ev->kind == MD_EVENT_RENAMED && ev->new_name != NULL)
         rc = set_text(t, &cells[DC_NAME], ev->new_name, err);
@@ -413,6 +513,52 @@ static void print_diff_summary(const struct md_run_diff *d)
            run->unchanged_count, run->baseline ? ", baseline" : "");
 }
 
+/* Print the table of the events of kind under a heading; nothing when
+ * there is none. */
+static int write_exclusion_section(const struct md_run_diff *d,
+                                   enum md_event_kind kind,
+                                   const char *heading, struct md_error *err)
+{
+    struct md_table *t;
+    int rc;
+
+    if (d->run.event_counts[kind] == 0)
+        return 0;
+    t = new_table(exclusion_columns, XC_COUNT, err);
+    if (t == NULL)
+        return -1;
+    for (size_t i = 0; i < d->nevents; i++) {
+        if (d->events[i].kind == kind &&
+            add_exclusion_row(t, &d->events[i], &d->run, err) != 0) {
+            md_table_free(t);
+            return -1;
+        }
+    }
+    printf("\n%s (%zu):\n", heading, t->nrows);
+    rc = write_table(t, MD_FORMAT_TABLE, err);
+    md_table_free(t);
+    return rc;
+}
+
+/* The excluded and uncovered sections and the exclusion issues that
+ * follow the main table. */
+static int write_exclusion_sections(const struct md_run_diff *d,
+                                    struct md_error *err)
+{
+    if (write_exclusion_section(d, MD_EVENT_EXCLUDED, "excluded", err) != 0 ||
+        write_exclusion_section(d, MD_EVENT_UNCOVERED,
+                                "uncovered, no longer excluded", err) != 0)
+        return -1;
+    if (d->nexclusion_issues > 0)
+        printf("\nexclusion entries not applied:\n");
+    for (size_t i = 0; i < d->nexclusion_issues; i++) {
+        fputs("  ", stdout);
+        print_plain(d->exclusion_issues[i].message);
+        putchar('\n');
+    }
+    return 0;
+}
+
 static int write_diff(const struct md_run_diff *d, enum md_format format,
                       struct md_error *err)
 {
@@ -429,11 +575,14 @@ static int write_diff(const struct md_run_diff *d, enum md_format format,
         return rc;
     }
 
-    t = new_table(diff_columns, DC_COUNT, err);
+    t = new_table(diff_columns, format == MD_FORMAT_CSV ? DC_ALL : DC_COUNT,
+                  err);
     if (t == NULL)
         return -1;
     for (size_t i = 0; i < d->nevents; i++) {
-        if (add_event_row(t, &d->events[i], d->run.period, err) != 0) {
+        if (format == MD_FORMAT_TABLE && is_exclusion_event(&d->events[i]))
+            continue;
+        if (add_event_row(t, &d->events[i], &d->run, err) != 0) {
             md_table_free(t);
             return -1;
         }
@@ -442,6 +591,8 @@ static int write_diff(const struct md_run_diff *d, enum md_format format,
         print_diff_summary(d);
     rc = write_table(t, format, err);
     md_table_free(t);
+    if (rc == 0 && format == MD_FORMAT_TABLE)
+        rc = write_exclusion_sections(d, err);
     return rc;
 }
 
@@ -760,6 +911,9 @@ static json_t *status_line_json(const struct status_line *l)
 {
     const struct md_rule_status *s = l->stored;
     const char *name = s != NULL ? s->name : l->rule->name;
+    /* A status line has a stored status, a configured rule or both, so
+     * s is not NULL when l->rule is. */
+    /* cppcheck-suppress nullPointerRedundantCheck */
     const char *file = l->rule != NULL ? l->rule->file : s->file;
     json_t *o = json_object();
 
@@ -786,9 +940,61 @@ static json_t *status_line_json(const struct status_line *l)
     return o;
 }
 
+/* The ids of the pending and of the dead mail digests, as JSON arrays
+ * under "pending" and "dead". */
+static json_t *mail_json(struct md_store *st, struct md_error *err)
+{
+    struct md_outbox_digest *v = NULL;
+    json_t *o = NULL;
+    size_t n = 0;
+
+    if (md_store_digest_list(st, (1u << MD_DIGEST_PENDING) |
+                                 (1u << MD_DIGEST_DEAD), &v, &n, err) != 0)
+        return NULL;
+    o = json_pack("{s:[], s:[]}", "pending", "dead");
+    for (size_t i = 0; o != NULL && i < n; i++) {
+        json_t *list = json_object_get(o, v[i].state == MD_DIGEST_DEAD
+                                              ? "dead" : "pending");
+
+        if (json_array_append_new(list, json_integer(v[i].id)) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
+    }
+    md_outbox_digests_free(v, n);
+    if (o == NULL)
+        oom(err);
+    return o;
+}
+
+/* Print a line per non-empty list of mail_json() below the table. */
+static void print_mail_status(const json_t *mail)
+{
+    static const char *const lists[] = { "dead", "pending" };
+
+    for (size_t l = 0; l < 2; l++) {
+        const json_t *ids = json_object_get(mail, lists[l]);
+        size_t n = json_array_size(ids);
+
+        if (n == 0)
+            continue;
+        if (l == 0)
+            printf("\nmail: %zu dead letter%s (delivery gave up), digest%s",
+                   n, n == 1 ? "" : "s", n == 1 ? "" : "s");
+        else
+            printf("\nmail: %zu digest%s waiting for delivery,", n,
+                   n == 1 ? "" : "s");
+        for (size_t i = 0; i < n; i++)
+            printf("%s %" JSON_INTEGER_FORMAT, i > 0 ? "," : "",
+                   json_integer_value(json_array_get(ids, i)));
+        printf("; see mdhunt outbox\n");
+    }
+}
+
 static int write_status(struct md_store *st, const struct status_line *lines,
                         size_t n, enum md_format format, struct md_error *err)
 {
+    json_t *mail;
     struct md_table *t;
     json_t *doc;
     json_t *rules;
@@ -807,6 +1013,11 @@ static int write_status(struct md_store *st, const struct status_line *lines,
         if (put(doc, "rules", rules) != 0) {
             json_decref(doc);
             return oom(err);
+        }
+        mail = mail_json(st, err);
+        if (mail == NULL || put(doc, "mail", mail) != 0) {
+            json_decref(doc);
+            return mail == NULL ? -1 : oom(err);
         }
         for (size_t i = 0; i < n; i++) {
             if (json_array_append_new(rules, status_line_json(&lines[i]))) {
@@ -830,6 +1041,13 @@ static int write_status(struct md_store *st, const struct status_line *lines,
     }
     rc = write_table(t, format, err);
     md_table_free(t);
+    if (rc == 0) {
+        mail = mail_json(st, err);
+        if (mail == NULL)
+            return -1;
+        print_mail_status(mail);
+        json_decref(mail);
+    }
     return rc;
 }
 

@@ -35,6 +35,10 @@
  * ID client secrets are about 40 characters). */
 #define MAX_SECRET_FILE 4096
 
+/* A PEM file with an RSA key of 16384 bits and a certificate chain fits
+ * easily. */
+#define MAX_KEY_FILE 65536
+
 #define MAX_RULE_ID 256
 
 enum section_id {
@@ -101,6 +105,7 @@ struct key_spec {
 
 _Static_assert(sizeof(enum md_backend_kind) == sizeof(int) &&
                sizeof(enum md_cloud) == sizeof(int) &&
+               sizeof(enum md_assertion_alg) == sizeof(int) &&
                sizeof(enum md_first_run) == sizeof(int) &&
                sizeof(enum md_send_when) == sizeof(int),
                "T_ENUM fields are written as int");
@@ -114,6 +119,16 @@ static const struct enum_name backend_names[] = {
 
 static const struct enum_name cloud_names[] = {
     { "public", MD_CLOUD_PUBLIC },
+    { "usgov", MD_CLOUD_USGOV },
+    { "usgov-high", MD_CLOUD_USGOV_HIGH },
+    { "dod", MD_CLOUD_DOD },
+    { "china", MD_CLOUD_CHINA },
+    { NULL, 0 }
+};
+
+static const struct enum_name assertion_alg_names[] = {
+    { "PS256", MD_ASSERTION_PS256 },
+    { "RS256", MD_ASSERTION_RS256 },
     { NULL, 0 }
 };
 
@@ -167,6 +182,19 @@ static const struct key_spec keys[] = {
     { SEC_AUTH, "scope", T_STRING, NULL, 0, 0, NULL, NULL,
       check_text, CFG(auth.scope), 0,
       "token scope to request in place of the backend's" },
+    { SEC_AUTH, "certificate_file", T_PATH, NULL, 0, 0, NULL, NULL,
+      check_text, CFG(auth.certificate_file), 0,
+      "PEM certificate of the app registration, used instead of a "
+      "client secret" },
+    { SEC_AUTH, "private_key_file", T_PATH, NULL, 0, 0, NULL, NULL,
+      check_text, CFG(auth.private_key_file), 0,
+      "PEM private key of the certificate" },
+    { SEC_AUTH, "passphrase_file", T_PATH, NULL, 0, 0, NULL, NULL,
+      check_text, CFG(auth.passphrase_file), 0,
+      "file holding the passphrase of an encrypted private key" },
+    { SEC_AUTH, "assertion_alg", T_ENUM, "PS256", 0, 0, NULL,
+      assertion_alg_names, NULL, CFG(auth.assertion_alg), 0,
+      "signature algorithm of the client assertion" },
 
     { SEC_API, "backend", T_ENUM, "graph", 0, 0, NULL, backend_names,
       NULL, CFG(api.backend), 0,
@@ -192,6 +220,18 @@ static const struct key_spec keys[] = {
     { SEC_API, "workspace_id", T_STRING, NULL, 0, 0, NULL, NULL,
       check_guid, CFG(api.workspace_id), 0,
       "Log Analytics workspace ID, for the sentinel backend" },
+    { SEC_API, "max_retries", T_INT, "4", 0, 20, "retries", NULL,
+      NULL, CFG(api.max_retries), 0,
+      "retries of a failed request; 0 turns retrying off" },
+    { SEC_API, "max_retry_time", T_DURATION, "5m", 0, DAY, NULL, NULL,
+      NULL, CFG(api.max_retry_time), 0,
+      "time a request may spend waiting to be retried" },
+    { SEC_API, "max_calls_per_minute", T_INT, "40", 1, 1000, "calls",
+      NULL, NULL, CFG(api.max_calls_per_minute), 0,
+      "API calls per minute for the tenant and application" },
+    { SEC_API, "max_calls_per_hour", T_INT, "1400", 1, 100000, "calls",
+      NULL, NULL, CFG(api.max_calls_per_hour), 0,
+      "API calls per hour for the tenant and application" },
 
     { SEC_RULES, "path", T_LIST, "/etc/mdhunt/rules", 0, 0, NULL, NULL,
       check_text, CFG(rules.paths), 0,
@@ -220,6 +260,12 @@ static const struct key_spec keys[] = {
     { SEC_REPORT, "first_run", T_ENUM, "baseline", 0, 0, NULL,
       first_run_names, NULL, CFG(report.first_run), 0,
       "what a rule's first run does with the devices it finds" },
+    { SEC_REPORT, "exclusions", T_PATH, NULL, 0, 0, NULL, NULL,
+      check_text, CFG(report.exclusions), 0,
+      "YAML file of reviewed exclusions" },
+    { SEC_REPORT, "max_exclusion_age", T_DURATION, "365d", DAY, 3650 * DAY,
+      NULL, NULL, NULL, CFG(report.max_exclusion_age), 0,
+      "latest expiry an exclusion may have, counted from now" },
 
     { SEC_MAIL, "smtp_url", T_STRING, NULL, 0, 0, NULL, NULL,
       check_smtp_url, CFG(mail.smtp_url), F_REQUIRED,
@@ -434,6 +480,18 @@ static int check_tenant(const char *value, char *hint, size_t size)
                         "GUID, or a verified domain such as "
                         "contoso.onmicrosoft.com");
     return 0;
+}
+
+/* Whether value looks like "SCHEME://USER:PASSWORD@HOST...": a message
+ * must not repeat such a value, because the password is in it. */
+static int has_url_credentials(const char *value)
+{
+    const char *rest = strstr(value, "://");
+
+    if (rest == NULL)
+        return 0;
+    rest += 3;
+    return memchr(rest, '@', strcspn(rest, "/?#")) != NULL;
 }
 
 /* Check "SCHEME://HOST[:PORT][/...]" for one of the schemes (lower or
@@ -977,6 +1035,8 @@ static void begin_section(struct parser *p, const char *line)
         p->section_bad = 0;
         if (s == SEC_MAIL)
             p->cfg->mail.enabled = 1;
+        else if (s == SEC_STORE)
+            p->cfg->store.configured = 1;
         return;
     }
     p->section_bad = 0;
@@ -1148,7 +1208,8 @@ static int on_value(void *user, const char *section, const char *name,
     free(copy);
     if (rc == -2)
         p->out_of_memory = 1;
-    else if (rc != 0 && (k->flags & F_SECRET) != 0)
+    else if (rc != 0 && ((k->flags & F_SECRET) != 0 ||
+                         has_url_credentials(value)))
         report(p, p->line, "invalid %s %s (value not shown): %s", label,
                name, hint);
     else if (rc != 0)
@@ -1181,6 +1242,63 @@ static void check_required(struct parser *p)
     }
 }
 
+static int later_line(int a, int b)
+{
+    return a > b ? a : b;
+}
+
+/* A key file or passphrase means nothing without the certificate.  Both a
+ * certificate and a client secret are checked by md_config_require_auth,
+ * since the example configuration sets every key at once. */
+static void check_certificate_keys(struct parser *p)
+{
+    static const char *const needs_certificate[] = {
+        "private_key_file", "passphrase_file"
+    };
+    int cert_line = p->key_line[key_index(SEC_AUTH, "certificate_file")];
+
+    for (size_t i = 0; i < ARRAY_LEN(needs_certificate); i++) {
+        int line = p->key_line[key_index(SEC_AUTH, needs_certificate[i])];
+
+        if (line != 0 && cert_line == 0)
+            report(p, line, "[auth] %s is set but certificate_file is not; "
+                   "set certificate_file too, or remove %s",
+                   needs_certificate[i], needs_certificate[i]);
+    }
+}
+
+/* Microsoft 365 operated by 21Vianet offers neither Graph's
+ * runHuntingQuery nor the Defender hunting API. */
+static void check_cloud(struct parser *p)
+{
+    int cloud_line = p->key_line[key_index(SEC_AUTH, "cloud")];
+    int backend_line = p->key_line[key_index(SEC_API, "backend")];
+    enum md_backend_kind backend = p->cfg->api.backend;
+
+    if (p->cfg->auth.cloud != MD_CLOUD_CHINA ||
+        backend == MD_BACKEND_SENTINEL)
+        return;
+    report(p, later_line(cloud_line, backend_line), "[auth] cloud = china "
+           "cannot be used with [api] backend = %s: the China cloud has "
+           "no advanced hunting API; use backend = sentinel or another "
+           "cloud", md_backend_kind_name(backend));
+}
+
+static void check_call_limits(struct parser *p)
+{
+    int minute_line = p->key_line[key_index(SEC_API,
+                                            "max_calls_per_minute")];
+    int hour_line = p->key_line[key_index(SEC_API, "max_calls_per_hour")];
+
+    if (p->cfg->api.max_calls_per_minute <= p->cfg->api.max_calls_per_hour)
+        return;
+    report(p, later_line(minute_line, hour_line), "[api] "
+           "max_calls_per_minute (%ld) is larger than max_calls_per_hour "
+           "(%ld); lower it or raise max_calls_per_hour",
+           p->cfg->api.max_calls_per_minute,
+           p->cfg->api.max_calls_per_hour);
+}
+
 /* Check keys that are wrong only in combination with others. */
 static void check_pairs(struct parser *p)
 {
@@ -1197,6 +1315,9 @@ static void check_pairs(struct parser *p)
     if (pass_line != 0 && user_line == 0)
         report(p, pass_line, "[mail] password_file is set but username is "
                "not; set username too, or remove password_file");
+    check_certificate_keys(p);
+    check_cloud(p);
+    check_call_limits(p);
 }
 
 /* Warn, as ssh does for keys, when a file that contains a secret can be
@@ -1315,18 +1436,53 @@ fail:
     return -1;
 }
 
+/* What read_secret_file() accepts: the largest size, whether one
+ * trailing LF or CRLF is removed, and what the file must contain (for
+ * messages). */
+struct secret_kind {
+    size_t max;
+    int trim_newline;
+    const char *content;
+};
+
+static const struct secret_kind plain_secret = {
+    MAX_SECRET_FILE, 1, "the secret"
+};
+
+static const struct secret_kind pem_key = {
+    MAX_KEY_FILE, 0, "one PEM private key"
+};
+
+static int read_all(int fd, char *buf, size_t size, size_t *len)
+{
+    ssize_t n;
+
+    *len = 0;
+    while (*len < size) {
+        n = read(fd, buf + *len, size - *len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        *len += (size_t)n;
+    }
+    return 0;
+}
+
 /*
- * Read a secret from path into secret: at most MAX_SECRET_FILE bytes, one
- * trailing LF or CRLF removed.  label names the key in messages, which
- * never contain the content.
+ * Read a secret from path into secret: at most kind->max bytes, with one
+ * trailing LF or CRLF removed when kind->trim_newline is set.  label
+ * names the key in messages, which never contain the content.
  */
 static int read_secret_file(const char *path, const char *label,
+                            const struct secret_kind *kind,
                             struct md_secret *secret, struct md_error *err)
 {
-    char buf[MAX_SECRET_FILE + 1];
+    char *buf = NULL;
     struct stat st;
     size_t len = 0;
-    ssize_t n;
     int fd;
     int rc = -1;
 
@@ -1343,39 +1499,36 @@ static int read_secret_file(const char *path, const char *label,
     }
     warn_if_exposed(path, &st, S_IROTH, "others");
 
-    while (len < sizeof(buf)) {
-        n = read(fd, buf + len, sizeof(buf) - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            md_error_set(err, MD_E_CONFIG, "%s: cannot read %s: %s", path,
-                         label, strerror(errno));
-            goto out;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
+    buf = malloc(kind->max + 1);
+    if (buf == NULL) {
+        md_error_set(err, MD_E_INTERNAL, "out of memory");
+        goto out;
     }
-    if (len > MAX_SECRET_FILE) {
-        md_error_set(err, MD_E_CONFIG, "%s: %s is larger than %d bytes; it "
-                     "must hold only the secret", path, label,
-                     MAX_SECRET_FILE);
+    if (read_all(fd, buf, kind->max + 1, &len) != 0) {
+        md_error_set(err, MD_E_CONFIG, "%s: cannot read %s: %s", path,
+                     label, strerror(errno));
+        goto out;
+    }
+    if (len > kind->max) {
+        md_error_set(err, MD_E_CONFIG, "%s: %s is larger than %zu bytes; it "
+                     "must hold only %s", path, label, kind->max,
+                     kind->content);
         goto out;
     }
 
-    if (len > 0 && buf[len - 1] == '\n')
+    if (kind->trim_newline && len > 0 && buf[len - 1] == '\n') {
         len--;
-    if (len > 0 && buf[len - 1] == '\r' && len < sizeof(buf) &&
-        buf[len] == '\n')
-        len--;
+        if (len > 0 && buf[len - 1] == '\r')
+            len--;
+    }
     if (len == 0) {
-        md_error_set(err, MD_E_CONFIG, "%s: %s is empty; write the secret "
-                     "into it", path, label);
+        md_error_set(err, MD_E_CONFIG, "%s: %s is empty; write %s into it",
+                     path, label, kind->content);
         goto out;
     }
     if (memchr(buf, '\0', len) != NULL) {
         md_error_set(err, MD_E_CONFIG, "%s: %s contains a NUL byte; it "
-                     "must hold only the secret text", path, label);
+                     "must hold only %s", path, label, kind->content);
         goto out;
     }
     if (md_secret_set(secret, buf, len) != 0) {
@@ -1385,7 +1538,10 @@ static int read_secret_file(const char *path, const char *label,
     rc = 0;
 
 out:
-    md_wipe(buf, sizeof(buf));
+    if (buf != NULL) {
+        md_wipe(buf, kind->max + 1);
+        free(buf);
+    }
     if (fd >= 0)
         close(fd);
     return rc;
@@ -1403,6 +1559,42 @@ static int secret_from_env(const char *name, struct md_secret *secret,
     return 0;
 }
 
+/* Load the private key of [auth] certificate_file and its passphrase. */
+static int load_certificate_key(struct md_config *cfg, const char *name,
+                                struct md_error *err)
+{
+    const char *key_file = cfg->auth.private_key_file;
+    const char *label = "[auth] private_key_file";
+
+    if (cfg->auth.client_secret_file != NULL ||
+        cfg->auth.client_secret_inline)
+        return md_error_set(err, MD_E_CONFIG, "%s: [auth] sets both "
+                            "certificate_file and a client secret "
+                            "(client_secret_file or client_secret); keep "
+                            "one of them", name);
+    if (getenv("MDHUNT_CLIENT_SECRET") != NULL)
+        md_debug("ignoring $MDHUNT_CLIENT_SECRET: [auth] certificate_file "
+                 "is set");
+    if (key_file == NULL) {
+        key_file = cfg->auth.certificate_file;
+        label = "[auth] certificate_file (no private_key_file is set, so "
+                "it must hold the key too)";
+    }
+
+    md_secret_clear(&cfg->auth.private_key);
+    md_secret_clear(&cfg->auth.passphrase);
+    if (read_secret_file(key_file, label, &pem_key, &cfg->auth.private_key,
+                         err) != 0)
+        return -1;
+    if (cfg->auth.passphrase_file != NULL &&
+        read_secret_file(cfg->auth.passphrase_file, "[auth] passphrase_file",
+                         &plain_secret, &cfg->auth.passphrase, err) != 0) {
+        md_secret_clear(&cfg->auth.private_key);
+        return -1;
+    }
+    return 0;
+}
+
 int md_config_require_auth(struct md_config *cfg, struct md_error *err)
 {
     const char *name = config_name(cfg);
@@ -1417,9 +1609,11 @@ int md_config_require_auth(struct md_config *cfg, struct md_error *err)
                             "missing; set it to the application (client) "
                             "ID of the app registration", name);
 
+    if (cfg->auth.certificate_file != NULL)
+        return load_certificate_key(cfg, name, err);
     if (cfg->auth.client_secret_file != NULL)
         return read_secret_file(cfg->auth.client_secret_file,
-                                "[auth] client_secret_file",
+                                "[auth] client_secret_file", &plain_secret,
                                 &cfg->auth.client_secret, err);
     rc = secret_from_env("MDHUNT_CLIENT_SECRET", &cfg->auth.client_secret,
                          err);
@@ -1447,7 +1641,7 @@ int md_config_require_mail(struct md_config *cfg, struct md_error *err)
         return 0;
     if (cfg->mail.password_file != NULL)
         return read_secret_file(cfg->mail.password_file,
-                                "[mail] password_file",
+                                "[mail] password_file", &plain_secret,
                                 &cfg->mail.password, err);
     rc = secret_from_env("MDHUNT_SMTP_PASSWORD", &cfg->mail.password, err);
     if (rc <= 0)
@@ -1484,9 +1678,20 @@ void md_config_free(struct md_config *cfg)
             free_value(&keys[i], cfg);
     }
     md_secret_clear(&cfg->auth.client_secret);
+    md_secret_clear(&cfg->auth.private_key);
+    md_secret_clear(&cfg->auth.passphrase);
     md_secret_clear(&cfg->mail.password);
     free(cfg->path);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+const char *md_cloud_name(enum md_cloud cloud)
+{
+    for (const struct enum_name *e = cloud_names; e->name != NULL; e++) {
+        if (e->value == (int)cloud)
+            return e->name;
+    }
+    return "unknown";
 }
 
 const char *md_backend_kind_name(enum md_backend_kind kind)

@@ -6,6 +6,8 @@
  * merge columns and sorts the rows by key.  Then it turns each group of
  * rows sharing a key into one entity and its events.  Last, it lists the
  * keys of the reference set that are missing from the result.
+ * Exclusion entries are matched against each row while the rows are
+ * collected.
  */
 #include "mdhunt/diff.h"
 
@@ -37,6 +39,7 @@ struct diff_columns {
 struct keyed_row {
     char *key;
     size_t row;
+    const struct md_exclusion *excluded;    /* the entry matching the row */
 };
 
 /* Everything md_diff_compute() passes between its steps. */
@@ -48,6 +51,7 @@ struct diff_ctx {
     const struct md_rule_state *prev;
     struct key_spec key;
     struct diff_columns cols;
+    struct md_exclusion_matcher *matcher;
     const struct md_entity **prev_sorted;   /* prev entities by key */
     unsigned char *prev_seen;               /* parallel to prev_sorted */
     struct md_diff *out;
@@ -66,6 +70,7 @@ void md_diff_free(struct md_diff *d)
         return;
     md_events_free(d->events, d->nevents);
     md_entities_free(d->entities, d->nentities);
+    md_exclusion_issues_free(d->exclusion_issues, d->nexclusion_issues);
     memset(d, 0, sizeof(*d));
 }
 
@@ -75,6 +80,7 @@ int md_diff_is_newsworthy(const struct md_diff *d)
            d->event_counts[MD_EVENT_RETURNED] > 0 ||
            d->event_counts[MD_EVENT_TRACKED] > 0 ||
            d->event_counts[MD_EVENT_RENAMED] > 0 ||
+           d->event_counts[MD_EVENT_UNCOVERED] > 0 ||
            d->event_counts[MD_EVENT_BASELINE] > 0;
 }
 
@@ -711,13 +717,91 @@ static int is_renamed(const struct diff_ctx *c, const struct md_entity *e,
            md_strcasecmp(prev->device_name, e->device_name) != 0;
 }
 
-/* Add the events of one key, whose new state is e. */
+/* Copy the exclusion of an entry, or of a previous entity when entry
+ * is NULL, into the four fields given. */
+static int copy_exclusion(const struct md_exclusion *entry,
+                          const struct md_entity *prev, char **id,
+                          char **reason, char **owner, md_instant *expires)
+{
+    const char *src_id = entry != NULL ? entry->id : prev->excluded_by;
+    const char *src_reason = entry != NULL ? entry->reason
+                                           : prev->exclusion_reason;
+    const char *src_owner = entry != NULL ? entry->owner
+                                          : prev->exclusion_owner;
+
+    *id = md_strdup(src_id);
+    *reason = md_strdup(src_reason);
+    *owner = md_strdup(src_owner);
+    *expires = entry != NULL ? entry->expires : prev->exclusion_expires;
+    if (*id == NULL || (src_reason != NULL && *reason == NULL) ||
+        (src_owner != NULL && *owner == NULL))
+        return -1;
+    return 0;
+}
+
+/* Record that entry excludes the key whose new state is e. */
+static int add_excluded_event(struct diff_ctx *c, struct md_entity *e,
+                              const struct md_entity *prev,
+                              const struct md_exclusion *entry,
+                              struct md_error *err)
+{
+    struct md_event *ev = add_event(c, MD_EVENT_EXCLUDED, e->key,
+                                    e->row_json);
+
+    if (ev == NULL)
+        return oom(err);
+    ev->first_seen = e->first_seen;
+    ev->first_excluded = prev == NULL || prev->excluded_by == NULL ||
+                         md_strcasecmp(prev->excluded_by, entry->id) != 0;
+    if (copy_exclusion(entry, NULL, &ev->exclusion_id, &ev->exclusion_reason,
+                       &ev->exclusion_owner, &ev->exclusion_expires) != 0 ||
+        copy_exclusion(entry, NULL, &e->excluded_by, &e->exclusion_reason,
+                       &e->exclusion_owner, &e->exclusion_expires) != 0)
+        return oom(err);
+    return 0;
+}
+
+/* Report once a key that its previous exclusion no longer covers. */
+static int add_uncovered_event(struct diff_ctx *c, const struct md_entity *e,
+                               const struct md_entity *prev,
+                               struct md_error *err)
+{
+    struct md_event *ev = add_event(c, MD_EVENT_UNCOVERED, e->key,
+                                    e->row_json);
+
+    if (ev == NULL)
+        return oom(err);
+    ev->first_seen = e->first_seen;
+    ev->last_seen = prev->last_seen;
+    if (copy_exclusion(NULL, prev, &ev->exclusion_id, &ev->exclusion_reason,
+                       &ev->exclusion_owner, &ev->exclusion_expires) != 0)
+        return oom(err);
+    return 0;
+}
+
+/* Add the events of one key, whose new state is e; excluded is the entry
+ * that covers all its rows, or NULL. */
 static int key_events(struct diff_ctx *c, const struct keyed_row *rows,
                       size_t n, struct md_entity *e,
-                      const struct md_entity *prev, struct md_error *err)
+                      const struct md_entity *prev,
+                      const struct md_exclusion *excluded,
+                      struct md_error *err)
 {
     enum md_event_kind kind = classify(c, prev);
     int reported = 0;
+
+    /* Known values are recorded, but not reported, so that a key that
+     * is uncovered later does not report them as new. */
+    if (excluded != NULL) {
+        if (add_excluded_event(c, e, prev, excluded, err) != 0)
+            return -1;
+        return track_values(c, rows, n, e, 0, &reported, err);
+    }
+    if (prev != NULL && prev->excluded_by != NULL) {
+        if (add_uncovered_event(c, e, prev, err) != 0)
+            return -1;
+        return track_values(c, rows, n, e, 0, &reported, err);
+    }
 
     if (kind != MD_EVENT_KIND_COUNT) {
         if (add_key_event(c, kind, e, prev, err) != 0)
@@ -734,6 +818,22 @@ static int key_events(struct diff_ctx *c, const struct keyed_row *rows,
     if (!reported)
         c->out->unchanged_count++;
     return 0;
+}
+
+/* The entry that excludes a key: the one of its newest row, when every
+ * row of the key matches an entry; else NULL. */
+static const struct md_exclusion *key_exclusion(const struct keyed_row *rows,
+                                                size_t n, size_t newest_row)
+{
+    const struct md_exclusion *entry = NULL;
+
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i].excluded == NULL)
+            return NULL;
+        if (rows[i].row == newest_row)
+            entry = rows[i].excluded;
+    }
+    return entry != NULL ? entry : rows[0].excluded;
 }
 
 /* Turn the rows sharing one key into its entity and events. */
@@ -773,7 +873,8 @@ static int diff_key(struct diff_ctx *c, const struct keyed_row *rows,
     if (e->row_json == NULL)
         return -1;
     d->key_count++;
-    return key_events(c, rows, n, e, prev, err);
+    return key_events(c, rows, n, e, prev,
+                      key_exclusion(rows, n, m.newest_row), err);
 }
 
 /* ---- The whole run ------------------------------------------------------- */
@@ -803,6 +904,10 @@ static int collect_rows(struct diff_ctx *c, struct keyed_row **out,
         rows[count].key = key;
         rows[count].row = row;
         count++;
+        if (c->matcher != NULL &&
+            md_exclusion_match_row(c->matcher, row, &rows[count - 1].excluded,
+                                   err) != 0)
+            goto fail;
     }
     if (count > 1)
         qsort(rows, count, sizeof(*rows), compare_keyed_rows);
@@ -846,7 +951,8 @@ static int gone_events(struct diff_ctx *c, struct md_error *err)
         const struct md_entity *e = c->prev_sorted[i];
         struct md_event *ev;
 
-        if (c->prev_seen[i] || e->last_run < prev->reference_run)
+        if (c->prev_seen[i] || e->last_run < prev->reference_run ||
+            e->excluded_by != NULL)
             continue;
         ev = add_event(c, MD_EVENT_GONE, e->key, e->row_json);
         if (ev == NULL)
@@ -869,6 +975,36 @@ static void decide_baseline(struct diff_ctx *c)
                   (prev->last_ok_run == 0 || d->query_changed);
 }
 
+/* Prepare the exclusion matcher and copy its problems into the diff. */
+static int prepare_exclusions(struct diff_ctx *c, struct md_error *err)
+{
+    const struct md_exclusion_problem *problems;
+    struct md_diff *d = c->out;
+    size_t n;
+
+    if (c->opts->exclusions == NULL)
+        return 0;
+    if (md_exclusion_matcher_new(c->opts->exclusions, c->rule_id, c->table,
+                                 c->run->started, &c->matcher, err) != 0)
+        return -1;
+    problems = md_exclusion_matcher_problems(c->matcher, &n);
+    if (n == 0)
+        return 0;
+    d->exclusion_issues = calloc(n, sizeof(*d->exclusion_issues));
+    if (d->exclusion_issues == NULL)
+        return oom(err);
+    for (size_t i = 0; i < n; i++) {
+        struct md_exclusion_issue *is = &d->exclusion_issues[i];
+
+        d->nexclusion_issues++;
+        is->entry_id = md_strdup(problems[i].entry->id);
+        is->message = md_strdup(problems[i].message);
+        if (is->entry_id == NULL || is->message == NULL)
+            return oom(err);
+    }
+    return 0;
+}
+
 static int diff_all(struct diff_ctx *c, struct md_error *err)
 {
     struct keyed_row *rows = NULL;
@@ -880,7 +1016,7 @@ static int diff_all(struct diff_ctx *c, struct md_error *err)
     if (c->table->nrows > 0 &&
         (resolve_key(c, err) != 0 || resolve_columns(c, err) != 0))
         return -1;
-    if (sort_prev(c, err) != 0)
+    if (sort_prev(c, err) != 0 || prepare_exclusions(c, err) != 0)
         return -1;
     decide_baseline(c);
     if (collect_rows(c, &rows, &nrows, err) != 0)
@@ -928,6 +1064,7 @@ int md_diff_compute(const struct md_diff_options *opts,
     free(c.key.lower);
     free(c.prev_sorted);
     free(c.prev_seen);
+    md_exclusion_matcher_free(c.matcher);
     if (rc != 0)
         md_diff_free(out);
     return rc;
@@ -966,6 +1103,10 @@ int md_diff_record_run(struct md_store *st, int64_t run_id,
     fin.nevents = diff.nevents;
     fin.entities = diff.entities;
     fin.nentities = diff.nentities;
+    fin.exclusion_issues = diff.exclusion_issues;
+    fin.nexclusion_issues = diff.nexclusion_issues;
+    for (size_t i = 0; i < diff.nexclusion_issues; i++)
+        md_warn("rule %s: %s", run.rule_id, diff.exclusion_issues[i].message);
     fin.add_outbox = outbox_when == MD_SEND_ALWAYS ||
                      (outbox_when == MD_SEND_NEW &&
                       md_diff_is_newsworthy(&diff));
@@ -1069,6 +1210,31 @@ static json_t *run_json(const struct md_run *r)
     return run;
 }
 
+static json_t *expiry_json(md_instant t)
+{
+    char text[MD_TIME_TEXT_MAX];
+
+    if (t == MD_STORE_TIME_NONE)
+        return json_null();
+    return json_string(md_exclusion_format_expiry(t, text, sizeof(text)));
+}
+
+/* The exclusion entry of an excluded or uncovered event. */
+static json_t *exclusion_json(const struct md_event *ev)
+{
+    json_t *o = json_object();
+
+    if (o == NULL ||
+        set(o, "id", string_or_null(ev->exclusion_id)) != 0 ||
+        set(o, "reason", string_or_null(ev->exclusion_reason)) != 0 ||
+        set(o, "owner", string_or_null(ev->exclusion_owner)) != 0 ||
+        set(o, "expires", expiry_json(ev->exclusion_expires)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
 /* The event's row with the mdhunt_* members of its kind. */
 static json_t *event_row_json(const struct md_event *ev)
 {
@@ -1096,6 +1262,11 @@ static json_t *event_row_json(const struct md_event *ev)
               set(row, "mdhunt_new_name", string_or_null(ev->new_name));
     if (ev->kind == MD_EVENT_TRACKED)
         rc |= set(row, "mdhunt_value", string_or_null(ev->value));
+    if (ev->kind == MD_EVENT_EXCLUDED || ev->kind == MD_EVENT_UNCOVERED)
+        rc |= set(row, "mdhunt_exclusion", exclusion_json(ev));
+    if (ev->kind == MD_EVENT_EXCLUDED)
+        rc |= set(row, "mdhunt_first_excluded",
+                  json_boolean(ev->first_excluded));
     if (rc != 0) {
         json_decref(row);
         return NULL;
@@ -1118,6 +1289,10 @@ static const char *list_name(enum md_event_kind kind)
         return "renamed";
     case MD_EVENT_BASELINE:
         return "baseline_rows";
+    case MD_EVENT_EXCLUDED:
+        return "excluded";
+    case MD_EVENT_UNCOVERED:
+        return "uncovered";
     case MD_EVENT_EMPTY_KEY:
     default:
         return "empty_key";
@@ -1127,7 +1302,8 @@ static const char *list_name(enum md_event_kind kind)
 static int add_lists(json_t *doc, const struct md_run_diff *d)
 {
     static const char *const lists[] = {
-        "new", "gone", "returned", "renamed", "baseline_rows", "empty_key"
+        "new", "gone", "returned", "renamed", "baseline_rows", "empty_key",
+        "excluded", "uncovered"
     };
 
     for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
@@ -1144,6 +1320,24 @@ static int add_lists(json_t *doc, const struct md_run_diff *d)
     return 0;
 }
 
+static json_t *issues_json(const struct md_run_diff *d)
+{
+    json_t *list = json_array();
+
+    for (size_t i = 0; list != NULL && i < d->nexclusion_issues; i++) {
+        const struct md_exclusion_issue *is = &d->exclusion_issues[i];
+        json_t *o = json_object();
+
+        if (o == NULL || json_array_append_new(list, o) != 0 ||
+            set(o, "entry", string_or_null(is->entry_id)) != 0 ||
+            set(o, "message", string_or_null(is->message)) != 0) {
+            json_decref(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
 json_t *md_diff_json(const struct md_run_diff *d, struct md_error *err)
 {
     json_t *doc = json_object();
@@ -1154,6 +1348,7 @@ json_t *md_diff_json(const struct md_run_diff *d, struct md_error *err)
         set(doc, "run", run_json(&d->run)) != 0 ||
         set(doc, "baseline", json_boolean(d->run.baseline)) != 0 ||
         add_lists(doc, d) != 0 ||
+        set(doc, "exclusion_issues", issues_json(d)) != 0 ||
         set(doc, "unchanged", json_integer(d->run.unchanged_count)) != 0) {
         json_decref(doc);
         md_error_set(err, MD_E_INTERNAL,

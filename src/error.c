@@ -1,3 +1,5 @@
+/* Keep the analyzer-only wrappers of error.h off these definitions. */
+#define MDHUNT_ERROR_IMPL
 #include "mdhunt/error.h"
 
 #include <stdio.h>

@@ -36,6 +36,8 @@ struct md_http {
     long timeout;
     size_t max_reply_size;
     char errbuf[CURL_ERROR_SIZE];
+    md_http_transport_fn transport;     /* tests: replaces libcurl */
+    void *transport_ctx;
 };
 
 /* State of one transfer, shared by the libcurl callbacks. */
@@ -212,6 +214,13 @@ void md_http_free(struct md_http *http)
     free(http->ca_file);
     free(http->proxy);
     free(http);
+}
+
+void md_http_set_transport(struct md_http *http, md_http_transport_fn fn,
+                           void *ctx)
+{
+    http->transport = fn;
+    http->transport_ctx = ctx;
 }
 
 /* Copy a header value, replacing control characters and truncating. */
@@ -749,6 +758,11 @@ int md_http_perform(struct md_http *http, const struct md_http_request *req,
         return md_error_set(err, MD_E_INTERRUPTED,
                             "request to %s not sent: a stop was requested",
                             req->url);
+    if (http->transport != NULL) {
+        md_buf_free(&t.header_names);
+        trace_request(req);
+        return http->transport(req, resp, err, http->transport_ctx);
+    }
 
     headers = build_headers(req);
     if (headers == NULL)

@@ -37,6 +37,10 @@
  * warns. */
 #define SENTINEL_QUERY_MAX 10000
 
+/* Deepest nesting of YAML collections accepted.  The Sentinel rules in
+ * tests/data/corpus nest at most 5 levels. */
+#define YAML_DEPTH_MAX 64
+
 #define ADHOC_RULE_ID "adhoc"
 
 /* ------------------------------------------------------------------ */
@@ -1503,6 +1507,47 @@ static int check_single_document(const struct source *src,
     return rc;
 }
 
+/*
+ * Reject YAML nested deeper than YAML_DEPTH_MAX, reading events only up
+ * to that depth.  libyaml's scanner takes time quadratic in the depth of
+ * nested flow collections (100,000 "[" take minutes), so the depth is
+ * checked before the whole document is loaded.  A syntax error is left
+ * for the loader to report.
+ */
+static int check_depth(const struct source *src, struct md_error *err)
+{
+    yaml_parser_t parser;
+    yaml_event_t event;
+    int depth = 0;
+    int done = 0;
+    int rc = 0;
+
+    if (!yaml_parser_initialize(&parser))
+        return oom(err);
+    yaml_parser_set_input_string(&parser,
+                                 (const unsigned char *)src->repaired,
+                                 src->repaired_len);
+    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
+    while (!done && rc == 0 && yaml_parser_parse(&parser, &event)) {
+        if (event.type == YAML_SEQUENCE_START_EVENT
+            || event.type == YAML_MAPPING_START_EVENT)
+            depth++;
+        else if (event.type == YAML_SEQUENCE_END_EVENT
+                 || event.type == YAML_MAPPING_END_EVENT)
+            depth--;
+        if (depth > YAML_DEPTH_MAX)
+            rc = md_error_set(err, MD_E_RULE, "%s:%d: the YAML is nested "
+                              "deeper than %d levels, which no rule needs",
+                              src->path,
+                              original_line(src, event.start_mark.line),
+                              YAML_DEPTH_MAX);
+        done = event.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&event);
+    }
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
 static int parse_yaml(const struct source *src, struct md_rule *rule,
                       struct md_error *err)
 {
@@ -1512,6 +1557,8 @@ static int parse_yaml(const struct source *src, struct md_rule *rule,
     struct loader ld;
     int rc = -1;
 
+    if (check_depth(src, err) != 0)
+        return -1;
     if (!yaml_parser_initialize(&parser))
         return oom(err);
     yaml_parser_set_input_string(&parser,
@@ -1773,7 +1820,9 @@ static int list_rule_files(const char *dir, char ***paths, size_t *n,
         }
         md_buf_free(&path);
     }
-    qsort(*paths, *n, sizeof(char *), compare_names);
+    /* qsort() must not get NULL, which an empty directory leaves. */
+    if (*n > 1)
+        qsort(*paths, *n, sizeof(char *), compare_names);
     rc = 0;
 out:
     closedir(d);

@@ -17,10 +17,13 @@
 #include <unistd.h>
 
 #include "mdhunt/backend.h"
+#include "mdhunt/budget.h"
 #include "mdhunt/buf.h"
 #include "mdhunt/diff.h"
+#include "mdhunt/exclusions.h"
 #include "mdhunt/interrupt.h"
 #include "mdhunt/log.h"
+#include "mdhunt/outbox.h"
 
 struct md_runner {
     struct md_config cfg;
@@ -28,6 +31,8 @@ struct md_runner {
     struct md_runner_lock lock;
     struct md_store *store;
     struct md_backend *backend;     /* NULL when hooks.query is set */
+    struct md_exclusions *exclusions;   /* NULL without [report]
+                                           exclusions */
     struct md_runner_hooks hooks;
     int daemon;
     int all;
@@ -404,6 +409,29 @@ static void check_frequencies(const struct md_ruleset *rules,
                                   md_runner_frequency(rules->rules[i], cfg));
 }
 
+/*
+ * Keep the backend's call budget beside the store, whether or not the
+ * configuration has a [store] section, so that every `run --once` process
+ * and the daemon pace their calls together.  A budget file that cannot
+ * be opened is warned about: the calls are then counted in memory.
+ */
+static void share_budget(const char *store_path, struct md_backend *backend)
+{
+    struct md_buf path = MD_BUF_INIT;
+    struct md_error e;
+
+    md_error_clear(&e);
+    if (md_buf_puts(&path, store_path) != 0 ||
+        md_buf_puts(&path, MD_BUDGET_SUFFIX) != 0)
+        md_error_set(&e, MD_E_INTERNAL, "out of memory");
+    else if (md_backend_use_budget_file(backend, path.data, &e) == 0)
+        md_debug("call budget in %s", path.data);
+    if (e.kind != MD_OK)
+        md_warn("%s; the API calls of this runner are counted in memory, "
+                "not shared with other mdhunt processes", e.message);
+    md_buf_free(&path);
+}
+
 /* Load the rules, the secret and the backend of cfg. */
 static int load_parts(const struct md_runner *r, struct md_config *cfg,
                       struct md_ruleset *rules, struct md_backend **backend,
@@ -420,6 +448,33 @@ static int load_parts(const struct md_runner *r, struct md_config *cfg,
         md_ruleset_free(rules);
         return -1;
     }
+    share_budget(r->cfg.store.path, *backend);
+    return 0;
+}
+
+/*
+ * Load [report] exclusions of cfg, checking rule ids against rules, into
+ * *out (NULL when the key is unset).  Errors name the file and line.
+ */
+static int load_exclusions(const struct md_runner *r,
+                           const struct md_config *cfg,
+                           const struct md_ruleset *rules,
+                           struct md_exclusions **out, struct md_error *err)
+{
+    struct md_exclusions_options opts;
+
+    *out = NULL;
+    if (cfg->report.exclusions == NULL)
+        return 0;
+    memset(&opts, 0, sizeof(opts));
+    opts.rules = rules;
+    opts.max_age = cfg->report.max_exclusion_age;
+    opts.now = runner_now(r);
+    if (md_exclusions_load(cfg->report.exclusions, &opts, out, err) != 0)
+        return -1;
+    md_info("exclusions: %zu entr%s from %s (sha256 %.12s)",
+            (*out)->nentries, (*out)->nentries == 1 ? "y" : "ies",
+            cfg->report.exclusions, (*out)->hash);
     return 0;
 }
 
@@ -466,6 +521,8 @@ int md_runner_new(struct md_config *cfg, const struct md_runner_options *opts,
         goto fail;
     }
     check_frequencies(&r->rules, &r->cfg);
+    if (load_exclusions(r, &r->cfg, &r->rules, &r->exclusions, err) != 0)
+        goto fail;
     if (r->hooks.query == NULL && md_config_require_auth(&r->cfg, err) != 0)
         goto fail;
 
@@ -478,6 +535,8 @@ int md_runner_new(struct md_config *cfg, const struct md_runner_options *opts,
     if (r->hooks.query == NULL &&
         md_backend_new(&r->cfg, &r->backend, err) != 0)
         goto fail;
+    if (r->backend != NULL)
+        share_budget(r->cfg.store.path, r->backend);
 
     md_info("runner started: mdhunt %s, %zu rules, store %s, %s",
             MDHUNT_VERSION, r->rules.nrules, r->cfg.store.path,
@@ -498,6 +557,7 @@ void md_runner_free(struct md_runner *r)
     md_store_close(r->store);
     md_runner_lock_release(&r->lock);
     md_ruleset_free(&r->rules);
+    md_exclusions_free(r->exclusions);
     md_config_free(&r->cfg);
     free(r->rule_id);
     free(r);
@@ -563,6 +623,11 @@ static void log_run_ok(const struct md_rule *rule, int64_t run_id,
                 (long long)c[MD_EVENT_NEW], (long long)c[MD_EVENT_GONE],
                 (long long)c[MD_EVENT_RETURNED],
                 (long long)c[MD_EVENT_RENAMED], seconds);
+    if (c[MD_EVENT_EXCLUDED] > 0 || c[MD_EVENT_UNCOVERED] > 0)
+        md_info("rule %s: run %lld: %lld excluded, %lld uncovered "
+                "(no longer excluded)", rule->id, (long long)run_id,
+                (long long)c[MD_EVENT_EXCLUDED],
+                (long long)c[MD_EVENT_UNCOVERED]);
     if (table->truncated)
         md_warn("rule %s: run %lld returned %zu rows and may be truncated "
                 "at the service's limit of %d rows, so no device is "
@@ -585,6 +650,7 @@ static int record_ok(struct md_runner *r, const struct md_rule *rule,
     dopts.rule_config = md_config_rule(&r->cfg, rule->id);
     dopts.realert_after = r->cfg.report.realert_after;
     dopts.first_run = r->cfg.report.first_run;
+    dopts.exclusions = r->exclusions;
     /* The mail digest reads the outbox; queue an item when mail is on. */
     if (r->cfg.mail.enabled)
         outbox_when = r->cfg.mail.send_when;
@@ -618,6 +684,8 @@ static int run_rule(struct md_runner *r, const struct md_rule *rule,
     start.query_hash = rule->query_sha256;
     start.tenant = r->cfg.auth.tenant_id;
     start.backend = md_backend_kind_name(r->cfg.api.backend);
+    start.exclusions_hash = r->exclusions != NULL ? r->exclusions->hash
+                                                  : NULL;
     start.period = rule->period;
     start.due = slot;
     start.started = runner_now(r);
@@ -683,10 +751,116 @@ static void prune(struct md_runner *r)
         md_debug("pruned %lld old result rows", (long long)deleted);
 }
 
+/*
+ * Whether a rule is held back because the service stopped its query
+ * (preempted, timed out or a result too large): such a query has already
+ * spent the tenant's CPU quota, so the backend does not retry it and the
+ * runner tries it once more at its next slot, then no more until its
+ * query changes or a run is forced with --rule or --all.
+ * NOTE: the store keeps the kind of the last failure only, so "the last
+ * run was stopped after an earlier failed run" stands for "stopped twice
+ * in a row": a rule stopped once after a network failure is held back
+ * one slot early.
+ */
+static int held_back(struct md_runner *r, const struct md_rule *rule,
+                     int *held, struct md_error *err)
+{
+    struct md_rule_status status;
+    md_instant last_due;
+    enum md_err_kind kind;
+
+    *held = 0;
+    if (md_store_last_due(r->store, rule->id, &last_due, err) != 0)
+        return -1;
+    if (last_due == MD_STORE_TIME_NONE)
+        return 0;
+    if (md_store_rule_status(r->store, rule->id, &status, err) != 0)
+        return -1;
+    kind = status.last_run.error_kind;
+    *held = status.last_run.status == MD_RUN_FAILED &&
+            (kind == MD_E_QUERY_PREEMPTED || kind == MD_E_QUERY_TOO_LARGE) &&
+            status.consecutive_failures >= 2 &&
+            strcmp(status.last_run.query_hash, rule->query_sha256) == 0;
+    md_rule_status_clear(&status);
+    return 0;
+}
+
+static void log_held_back(const struct md_rule *rule)
+{
+    md_warn("rule %s: not run: the service stopped its query again at "
+            "its last run (preempted, timed out or too large), after an "
+            "earlier failure; make the query cheaper, which runs it again "
+            "at its next slot, or run it now with mdhunt run --once "
+            "--rule %s", rule->id, rule->id);
+}
+
+/* Record a run of rule that was not sent because the tenant's queries
+ * are paused. */
+static int record_paused(struct md_runner *r, const struct md_rule *rule,
+                         md_instant slot, md_instant until,
+                         struct md_cycle_result *res, struct md_error *err)
+{
+    struct md_run_start start;
+    struct md_error run_err;
+    char text[MD_TIME_TEXT_MAX];
+    md_instant now = runner_now(r);
+    int64_t run_id;
+
+    memset(&start, 0, sizeof(start));
+    start.rule_id = rule->id;
+    start.rule_name = rule->name;
+    start.rule_file = rule->file;
+    start.query = rule->query;
+    start.query_hash = rule->query_sha256;
+    start.tenant = r->cfg.auth.tenant_id;
+    start.backend = md_backend_kind_name(r->cfg.api.backend);
+    start.exclusions_hash = r->exclusions != NULL ? r->exclusions->hash
+                                                  : NULL;
+    start.period = rule->period;
+    start.due = slot;
+    start.started = now;
+    if (md_store_run_begin(r->store, &start, &run_id, err) != 0)
+        return -1;
+    res->ran++;
+    res->failed++;
+
+    md_error_clear(&run_err);
+    run_err.retry_after = (long)((until - now) / MD_TICKS_PER_SECOND);
+    md_error_set(&run_err, MD_E_CPU_QUOTA, "throttled: not sent, because "
+                 "the tenant's advanced hunting CPU quota is used up and "
+                 "its queries are paused until %s",
+                 md_time_format_seconds(until, text, sizeof(text)));
+    res->last_error = run_err;
+    md_debug("rule %s: run %lld skipped: %s", rule->id, (long long)run_id,
+             run_err.message);
+    return md_store_run_finish_failed(r->store, run_id, now, &run_err, err);
+}
+
+/* After a run failed for the CPU quota: until when the tenant is paused,
+ * or 0. */
+static md_instant tenant_paused_until(struct md_runner *r,
+                                      const struct md_cycle_result *res)
+{
+    md_instant until = 0;
+    struct md_error e;
+
+    if (r->backend == NULL || res->last_error.kind != MD_E_CPU_QUOTA)
+        return 0;
+    md_error_clear(&e);
+    if (md_backend_paused_until(r->backend, &until, &e) != 0) {
+        md_warn("%s", e.message);
+        return 0;
+    }
+    return until;
+}
+
 int md_runner_cycle(struct md_runner *r, struct md_cycle_result *res,
                     struct md_error *err)
 {
     int forced = r->all || r->rule_id != NULL;
+    md_instant paused_until = 0;
+    size_t paused_rules = 0;
+    char text[MD_TIME_TEXT_MAX];
 
     memset(res, 0, sizeof(*res));
     md_error_clear(&res->last_error);
@@ -695,6 +869,7 @@ int md_runner_cycle(struct md_runner *r, struct md_cycle_result *res,
         const struct md_rule *rule = r->rules.rules[i];
         md_instant now;
         struct md_due due;
+        int held;
 
         if (!selected(r, rule))
             continue;
@@ -711,7 +886,20 @@ int md_runner_cycle(struct md_runner *r, struct md_cycle_result *res,
         /* A forced run before its slot starts a new grid at now. */
         if (due.slot > now)
             due.slot = now;
+        if (!forced && held_back(r, rule, &held, err) != 0)
+            return -1;
+        if (!forced && held) {
+            log_held_back(rule);
+            continue;
+        }
 
+        if (paused_until > now) {
+            if (record_paused(r, rule, due.slot, paused_until, res,
+                              err) != 0)
+                return -1;
+            paused_rules++;
+            continue;
+        }
         if (run_rule(r, rule, due.slot, res, err) != 0)
             return -1;
         if (res->last_error.kind == MD_E_INTERRUPTED ||
@@ -719,10 +907,31 @@ int md_runner_cycle(struct md_runner *r, struct md_cycle_result *res,
             res->interrupted = 1;
             break;
         }
+        if (paused_until == 0)
+            paused_until = tenant_paused_until(r, res);
     }
+    if (paused_rules > 0)
+        md_warn("%zu rule%s skipped and recorded as failed (cpu_quota): "
+                "the tenant's CPU quota is used up until %s", paused_rules,
+                paused_rules == 1 ? "" : "s",
+                md_time_format_seconds(paused_until, text, sizeof(text)));
 
     if (res->ran > 0)
         prune(r);
+    return 0;
+}
+
+/* Bring *deadline forward to the outbox's next compose or retry time. */
+static int mail_wakeup(struct md_runner *r, md_instant now,
+                       md_instant *deadline, struct md_error *err)
+{
+    md_instant mail;
+
+    if (md_outbox_next_wakeup(r->store, &r->cfg, now, &mail, err) != 0)
+        return -1;
+    if (mail != MD_STORE_TIME_NONE &&
+        (*deadline == MD_STORE_TIME_NONE || mail < *deadline))
+        *deadline = mail;
     return 0;
 }
 
@@ -735,15 +944,36 @@ int md_runner_next_wakeup(struct md_runner *r, md_instant *deadline,
     for (size_t i = 0; i < r->rules.nrules; i++) {
         const struct md_rule *rule = r->rules.rules[i];
         struct md_due due;
+        int held = 0;
 
         if (!selected(r, rule))
             continue;
         if (rule_due(r, rule, now, &due, err) != 0)
             return -1;
+        /* A held-back rule is not run, so it cannot wake the daemon. */
+        if (!r->all && r->rule_id == NULL &&
+            held_back(r, rule, &held, err) != 0)
+            return -1;
+        if (held)
+            continue;
         if (*deadline == MD_STORE_TIME_NONE || due.ready < *deadline)
             *deadline = due.ready;
     }
-    return 0;
+    return mail_wakeup(r, now, deadline, err);
+}
+
+/* ---- Mail -------------------------------------------------------------- */
+
+int md_runner_mail(struct md_runner *r, int compose, struct md_error *err)
+{
+    md_instant now = runner_now(r);
+    int due = compose;
+
+    if (!compose &&
+        md_outbox_compose_due(r->store, &r->cfg, now, &due, err) != 0)
+        return -1;
+    return md_outbox_run(r->store, &r->cfg, &r->rules, NULL, now, due,
+                         err);
 }
 
 /* ---- Reload ------------------------------------------------------------ */
@@ -786,6 +1016,7 @@ int md_runner_reload(struct md_runner *r, struct md_error *err)
     struct md_config cfg;
     struct md_ruleset rules = { NULL, 0 };
     struct md_backend *backend = NULL;
+    struct md_exclusions *exclusions = NULL;
     char *path;
     size_t changes;
 
@@ -800,6 +1031,13 @@ int md_runner_reload(struct md_runner *r, struct md_error *err)
         md_config_free(&cfg);
         return md_error_prefix(err, "reload failed, keeping the previous "
                                "configuration");
+    }
+    if (load_exclusions(r, &cfg, &rules, &exclusions, err) != 0) {
+        md_backend_free(backend);
+        md_ruleset_free(&rules);
+        md_config_free(&cfg);
+        return md_error_prefix(err, "reload failed, keeping the previous "
+                               "configuration, rules and exclusions");
     }
 
     if (strcmp(cfg.store.path, r->cfg.store.path) != 0)
@@ -818,10 +1056,12 @@ int md_runner_reload(struct md_runner *r, struct md_error *err)
     /* The backend borrows its configuration: free it first. */
     md_backend_free(r->backend);
     md_ruleset_free(&r->rules);
+    md_exclusions_free(r->exclusions);
     md_config_free(&r->cfg);
     r->cfg = cfg;
     r->rules = rules;
     r->backend = backend;
+    r->exclusions = exclusions;
     md_info("reloaded %s: %zu rules, %zu changed", r->cfg.path,
             r->rules.nrules, changes);
     return 0;
@@ -872,6 +1112,10 @@ int md_runner_loop(struct md_runner *r, struct md_error *err)
         }
         if (res.interrupted || md_interrupt_pending())
             break;
+        if (md_runner_mail(r, 0, err) != 0) {
+            rc = -1;
+            break;
+        }
 
         if (md_runner_next_wakeup(r, &deadline, err) != 0) {
             rc = -1;

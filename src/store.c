@@ -124,8 +124,93 @@ static const char SQL_SCHEMA_1[] =
 
     "PRAGMA user_version = 1;";
 
+/*
+ * Version 2: exclusions.  SQLite cannot change a CHECK constraint, so
+ * diff_event is copied into a table that accepts the kinds "excluded"
+ * and "uncovered" and keeps the exclusion entry of those events.  An
+ * entity keeps the entry that excluded it, so that the run after the
+ * entry expires reports the key as uncovered once.
+ */
+static const char SQL_SCHEMA_2[] =
+    "CREATE TABLE diff_event_2 ("
+    " run_id INTEGER NOT NULL REFERENCES run (id),"
+    " seq INTEGER NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('new', 'returned', 'gone',"
+    "  'renamed', 'baseline', 'tracked', 'empty_key', 'excluded',"
+    "  'uncovered')),"
+    " key TEXT NOT NULL,"
+    " row_json TEXT,"
+    " first_seen INTEGER,"
+    " last_seen INTEGER,"
+    " days_away INTEGER,"
+    " old_name TEXT,"
+    " new_name TEXT,"
+    " value TEXT,"
+    " exclusion_id TEXT,"
+    " exclusion_reason TEXT,"
+    " exclusion_owner TEXT,"
+    " exclusion_expires INTEGER,"
+    " first_excluded INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (run_id, seq)) WITHOUT ROWID;"
+    "INSERT INTO diff_event_2 (run_id, seq, kind, key, row_json,"
+    " first_seen, last_seen, days_away, old_name, new_name, value)"
+    " SELECT run_id, seq, kind, key, row_json, first_seen, last_seen,"
+    " days_away, old_name, new_name, value FROM diff_event;"
+    "DROP TABLE diff_event;"
+    "ALTER TABLE diff_event_2 RENAME TO diff_event;"
+
+    "ALTER TABLE entity ADD COLUMN excluded_by TEXT;"
+    "ALTER TABLE entity ADD COLUMN exclusion_reason TEXT;"
+    "ALTER TABLE entity ADD COLUMN exclusion_owner TEXT;"
+    "ALTER TABLE entity ADD COLUMN exclusion_expires INTEGER;"
+
+    "CREATE TABLE run_exclusion_issue ("
+    " run_id INTEGER NOT NULL REFERENCES run (id),"
+    " seq INTEGER NOT NULL,"
+    " entry_id TEXT NOT NULL,"
+    " message TEXT NOT NULL,"
+    " PRIMARY KEY (run_id, seq)) WITHOUT ROWID;"
+
+    "PRAGMA user_version = 2;";
+
+/*
+ * Version 3: mail digests.  A digest batches outbox items into one
+ * message and also covers every run finished up to last_run, for its
+ * health section.  The message is rendered once and its bytes are kept,
+ * so that a resend is identical.  An outbox item gets digest_id when a
+ * digest takes it; its state follows the digest: "sent" once the digest
+ * was delivered or skipped (send_when decided against mailing), "dead"
+ * when delivery gave up.
+ */
+static const char SQL_SCHEMA_3[] =
+    "CREATE TABLE digest ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " created INTEGER NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN"
+    "  ('pending', 'sent', 'dead', 'skipped')),"
+    " reason TEXT NOT NULL,"
+    " last_run INTEGER NOT NULL,"
+    " new_devices INTEGER NOT NULL DEFAULT 0,"
+    " subject TEXT,"
+    " message_id TEXT,"
+    " message BLOB,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt INTEGER,"
+    " last_attempt INTEGER,"
+    " sent INTEGER,"
+    " last_error TEXT);"
+    "CREATE INDEX digest_by_state ON digest (state, next_attempt);"
+
+    "ALTER TABLE outbox ADD COLUMN digest_id INTEGER"
+    " REFERENCES digest (id);"
+    "CREATE INDEX outbox_by_digest ON outbox (digest_id);"
+
+    "PRAGMA user_version = 3;";
+
 static const struct md_store_migration migrations[] = {
     { 1, SQL_SCHEMA_1 },
+    { 2, SQL_SCHEMA_2 },
+    { 3, SQL_SCHEMA_3 },
 };
 
 #define NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
@@ -179,8 +264,10 @@ static const char SQL_RUN_ROW_INSERT[] =
 static const char SQL_ENTITY_UPSERT[] =
     "INSERT INTO entity (rule_id, key, device_id, device_name, first_run,"
     " first_seen, last_run, last_seen, telemetry_first_seen,"
-    " telemetry_last_seen, runs_seen, tracked_values, row_json)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    " telemetry_last_seen, runs_seen, tracked_values, row_json,"
+    " excluded_by, exclusion_reason, exclusion_owner, exclusion_expires)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
+    " ?14, ?15, ?16, ?17)"
     " ON CONFLICT (rule_id, key) DO UPDATE SET"
     " device_id = excluded.device_id, device_name = excluded.device_name,"
     " first_run = excluded.first_run, first_seen = excluded.first_seen,"
@@ -189,12 +276,23 @@ static const char SQL_ENTITY_UPSERT[] =
     " telemetry_last_seen = excluded.telemetry_last_seen,"
     " runs_seen = excluded.runs_seen,"
     " tracked_values = excluded.tracked_values,"
-    " row_json = excluded.row_json";
+    " row_json = excluded.row_json,"
+    " excluded_by = excluded.excluded_by,"
+    " exclusion_reason = excluded.exclusion_reason,"
+    " exclusion_owner = excluded.exclusion_owner,"
+    " exclusion_expires = excluded.exclusion_expires";
 
 static const char SQL_EVENT_INSERT[] =
     "INSERT INTO diff_event (run_id, seq, kind, key, row_json, first_seen,"
-    " last_seen, days_away, old_name, new_name, value)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+    " last_seen, days_away, old_name, new_name, value, exclusion_id,"
+    " exclusion_reason, exclusion_owner, exclusion_expires,"
+    " first_excluded)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+    " ?15, ?16)";
+
+static const char SQL_ISSUE_INSERT[] =
+    "INSERT INTO run_exclusion_issue (run_id, seq, entry_id, message)"
+    " VALUES (?1, ?2, ?3, ?4)";
 
 static const char SQL_OUTBOX_INSERT[] =
     "INSERT INTO outbox (created, state, attempts, next_attempt)"
@@ -232,13 +330,18 @@ static const char SQL_LAST_COMPLETE_RUN[] =
     " last_seen, telemetry_first_seen, telemetry_last_seen, runs_seen," \
     " tracked_values"
 
+/* Read by read_entity() from column 13 on. */
+#define EXCLUSION_COLUMNS \
+    "excluded_by, exclusion_reason, exclusion_owner, exclusion_expires"
+
 static const char SQL_STATE_ENTITIES[] =
     "SELECT " ENTITY_COLUMNS ","
-    " CASE WHEN last_run >= ?2 THEN row_json END"
+    " CASE WHEN last_run >= ?2 THEN row_json END, NULL, " EXCLUSION_COLUMNS
     " FROM entity WHERE rule_id = ?1 ORDER BY key";
 
 static const char SQL_DEVICES[] =
-    "SELECT " ENTITY_COLUMNS ", row_json, rule_id FROM entity"
+    "SELECT " ENTITY_COLUMNS ", row_json, rule_id, " EXCLUSION_COLUMNS
+    " FROM entity"
     " WHERE (?1 IS NULL OR rule_id = ?1)"
     " AND (?2 IS NULL OR last_seen >= ?2)"
     " ORDER BY rule_id, first_seen, key";
@@ -275,8 +378,22 @@ static const char SQL_RULE_SUMMARY[] =
 
 static const char SQL_RUN_EVENTS[] =
     "SELECT kind, key, row_json, first_seen, last_seen, days_away,"
-    " old_name, new_name, value FROM diff_event WHERE run_id = ?1"
+    " old_name, new_name, value, exclusion_id, exclusion_reason,"
+    " exclusion_owner, exclusion_expires, first_excluded"
+    " FROM diff_event WHERE run_id = ?1 ORDER BY seq";
+
+static const char SQL_RUN_ISSUES[] =
+    "SELECT entry_id, message FROM run_exclusion_issue WHERE run_id = ?1"
     " ORDER BY seq";
+
+/* Excluded events of each rule's newest successful run, by entry. */
+static const char SQL_EXCLUSION_COUNTS[] =
+    "SELECT r.rule_id, e.exclusion_id, r.id, COUNT(*) FROM diff_event e"
+    " JOIN (SELECT rule_id, MAX(id) AS id FROM run WHERE status = 'ok'"
+    "  GROUP BY rule_id) r ON e.run_id = r.id"
+    " WHERE e.kind = 'excluded' AND e.exclusion_id IS NOT NULL"
+    " GROUP BY r.rule_id, e.exclusion_id, r.id"
+    " ORDER BY r.rule_id, e.exclusion_id";
 
 /* The message stored for runs found "running" at open. */
 static const char INTERRUPTED_MESSAGE[] =
@@ -301,6 +418,8 @@ static const char *const event_kind_names[MD_EVENT_KIND_COUNT] = {
     [MD_EVENT_BASELINE] = "baseline",
     [MD_EVENT_TRACKED] = "tracked",
     [MD_EVENT_EMPTY_KEY] = "empty_key",
+    [MD_EVENT_EXCLUDED] = "excluded",
+    [MD_EVENT_UNCOVERED] = "uncovered",
 };
 
 const char *md_run_status_name(enum md_run_status status)
@@ -550,6 +669,9 @@ void md_entity_clear(struct md_entity *e)
         free(e->tracked_values[i]);
     free(e->tracked_values);
     free(e->row_json);
+    free(e->excluded_by);
+    free(e->exclusion_reason);
+    free(e->exclusion_owner);
     memset(e, 0, sizeof(*e));
 }
 
@@ -571,6 +693,9 @@ void md_event_clear(struct md_event *ev)
     free(ev->old_name);
     free(ev->new_name);
     free(ev->value);
+    free(ev->exclusion_id);
+    free(ev->exclusion_reason);
+    free(ev->exclusion_owner);
     memset(ev, 0, sizeof(*ev));
 }
 
@@ -626,7 +751,26 @@ void md_run_diff_clear(struct md_run_diff *d)
     free(d->rule_name);
     free(d->rule_file);
     md_events_free(d->events, d->nevents);
+    md_exclusion_issues_free(d->exclusion_issues, d->nexclusion_issues);
     memset(d, 0, sizeof(*d));
+}
+
+void md_exclusion_issues_free(struct md_exclusion_issue *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].entry_id);
+        free(v[i].message);
+    }
+    free(v);
+}
+
+void md_exclusion_counts_free(struct md_exclusion_count *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].rule_id);
+        free(v[i].exclusion_id);
+    }
+    free(v);
 }
 
 void md_rule_state_free(struct md_rule_state *state)
@@ -1220,7 +1364,13 @@ static int bind_entity(sqlite3_stmt *stmt, const char *rule_id,
          bind_time(stmt, 10, e->telemetry_last_seen) |
          sqlite3_bind_int64(stmt, 11, e->runs_seen) |
          bind_text(stmt, 12, tracked) |
-         bind_text(stmt, 13, e->row_json);
+         bind_text(stmt, 13, e->row_json) |
+         bind_text(stmt, 14, e->excluded_by) |
+         bind_text(stmt, 15, e->exclusion_reason) |
+         bind_text(stmt, 16, e->exclusion_owner) |
+         bind_time(stmt, 17, e->excluded_by != NULL
+                                 ? e->exclusion_expires
+                                 : MD_STORE_TIME_NONE);
     free(tracked);
     return check_binds(rc, err);
 }
@@ -1269,9 +1419,46 @@ static int insert_events(struct md_store *st, int64_t run_id,
               sqlite3_bind_int64(stmt, 8, ev->days_away) |
               bind_text(stmt, 9, ev->old_name) |
               bind_text(stmt, 10, ev->new_name) |
-              bind_text(stmt, 11, ev->value);
+              bind_text(stmt, 11, ev->value) |
+              bind_text(stmt, 12, ev->exclusion_id) |
+              bind_text(stmt, 13, ev->exclusion_reason) |
+              bind_text(stmt, 14, ev->exclusion_owner) |
+              bind_time(stmt, 15, ev->exclusion_id != NULL
+                                      ? ev->exclusion_expires
+                                      : MD_STORE_TIME_NONE) |
+              sqlite3_bind_int(stmt, 16, ev->first_excluded != 0);
         if (check_binds(brc, err) != 0 ||
             step_done(st, stmt, "store a diff event", err) != 0)
+            goto out;
+    }
+    rc = 0;
+
+out:
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+static int insert_issues(struct md_store *st, int64_t run_id,
+                         const struct md_run_finish *fin,
+                         struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    int rc = -1;
+
+    if (fin->nexclusion_issues == 0)
+        return 0;
+    if (prepare(st, SQL_ISSUE_INSERT, &stmt, err) != 0)
+        return -1;
+    for (size_t i = 0; i < fin->nexclusion_issues; i++) {
+        const struct md_exclusion_issue *is = &fin->exclusion_issues[i];
+        int brc;
+
+        brc = sqlite3_bind_int64(stmt, 1, run_id) |
+              sqlite3_bind_int64(stmt, 2, (int64_t)i) |
+              bind_text(stmt, 3, is->entry_id) |
+              bind_text(stmt, 4, is->message);
+        if (check_binds(brc, err) != 0 ||
+            step_done(st, stmt, "store an exclusion issue", err) != 0)
             goto out;
     }
     rc = 0;
@@ -1354,7 +1541,8 @@ int md_store_run_finish_ok(struct md_store *st, int64_t run_id,
     if (running_rule_id(st, run_id, &rule_id, err) != 0 ||
         insert_rows(st, run_id, fin->table, err) != 0 ||
         upsert_entities(st, rule_id, fin, err) != 0 ||
-        insert_events(st, run_id, fin, err) != 0)
+        insert_events(st, run_id, fin, err) != 0 ||
+        insert_issues(st, run_id, fin, err) != 0)
         goto fail;
     if (fin->add_outbox &&
         insert_outbox(st, fin->ended, &run_id, 1, &item, err) != 0)
@@ -1430,6 +1618,609 @@ int md_store_outbox_add(struct md_store *st, md_instant created,
         return -1;
     }
     return 0;
+}
+
+/* ---- The mail outbox ----------------------------------------------------- */
+
+static const char SQL_OUTBOX_PENDING[] =
+    "SELECT o.id, o.created, r.run_id FROM outbox o"
+    " LEFT JOIN outbox_run r ON r.outbox_id = o.id"
+    " WHERE o.digest_id IS NULL AND o.state = 'pending'"
+    " AND o.created <= ?1 ORDER BY o.id, r.run_id";
+
+static const char SQL_RUNS_AFTER[] =
+    "SELECT id FROM run WHERE id > ?1 AND status <> 'running' ORDER BY id";
+
+static const char SQL_DIGEST_LAST_RUN[] = "SELECT MAX(last_run) FROM digest";
+
+static const char SQL_DIGEST_LAST_CREATED[] =
+    "SELECT created FROM digest ORDER BY id DESC LIMIT 1";
+
+static const char SQL_RULE_FIRST_STARTED[] =
+    "SELECT MIN(started) FROM run WHERE rule_id = ?1";
+
+static const char SQL_DIGEST_INSERT[] =
+    "INSERT INTO digest (created, state, reason, last_run, new_devices,"
+    " subject, message_id, message, next_attempt)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+static const char SQL_OUTBOX_TAKE[] =
+    "UPDATE outbox SET digest_id = ?1,"
+    " state = CASE WHEN ?2 THEN 'sent' ELSE state END"
+    " WHERE id = ?3 AND digest_id IS NULL";
+
+#define DIGEST_COLUMNS \
+    "id, created, state, reason, last_run, new_devices, subject," \
+    " message_id, attempts, next_attempt, last_attempt, sent, last_error"
+
+static const char SQL_DIGEST_GET[] =
+    "SELECT " DIGEST_COLUMNS ", message FROM digest WHERE id = ?1";
+
+static const char SQL_DIGEST_LIST[] =
+    "SELECT " DIGEST_COLUMNS " FROM digest ORDER BY id";
+
+static const char SQL_DIGEST_ITEMS[] =
+    "SELECT id FROM outbox WHERE digest_id = ?1 ORDER BY id";
+
+static const char SQL_DIGESTS_DUE[] =
+    "SELECT id FROM digest WHERE state = 'pending' AND next_attempt <= ?1"
+    " ORDER BY id";
+
+static const char SQL_DIGEST_NEXT_ATTEMPT[] =
+    "SELECT MIN(next_attempt) FROM digest WHERE state = 'pending'";
+
+static const char SQL_DIGEST_COUNTS[] =
+    "SELECT state, COUNT(*) FROM digest GROUP BY state";
+
+/* ?2 lists the states the digest may be in for the change. */
+static const char SQL_DIGEST_MARK[] =
+    "UPDATE digest SET state = ?3, attempts = attempts + 1,"
+    " last_attempt = ?4, next_attempt = ?5, last_error = ?6,"
+    " sent = CASE WHEN ?3 = 'sent' THEN ?4 ELSE sent END"
+    " WHERE id = ?1 AND instr(?2, ',' || state || ',') > 0";
+
+static const char SQL_OUTBOX_FOLLOW[] =
+    "UPDATE outbox SET state = ?2 WHERE digest_id = ?1";
+
+static const char *const digest_state_names[MD_DIGEST_STATE_COUNT] = {
+    [MD_DIGEST_PENDING] = "pending",
+    [MD_DIGEST_SENT] = "sent",
+    [MD_DIGEST_DEAD] = "dead",
+    [MD_DIGEST_SKIPPED] = "skipped",
+};
+
+const char *md_digest_state_name(enum md_digest_state state)
+{
+    if ((unsigned)state >= MD_DIGEST_STATE_COUNT)
+        return "unknown";
+    return digest_state_names[state];
+}
+
+int md_digest_state_from_name(const char *name, enum md_digest_state *out)
+{
+    for (int i = 0; name != NULL && i < MD_DIGEST_STATE_COUNT; i++) {
+        if (strcmp(name, digest_state_names[i]) == 0) {
+            *out = (enum md_digest_state)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void md_outbox_items_free(struct md_outbox_item *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(items[i].run_ids);
+    free(items);
+}
+
+void md_outbox_digest_clear(struct md_outbox_digest *d)
+{
+    free(d->reason);
+    free(d->subject);
+    free(d->message_id);
+    free(d->message);
+    free(d->last_error);
+    free(d->outbox_ids);
+    memset(d, 0, sizeof(*d));
+}
+
+void md_outbox_digests_free(struct md_outbox_digest *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        md_outbox_digest_clear(&v[i]);
+    free(v);
+}
+
+/* Append value to an int64 array. */
+static int push_id(int64_t **ids, size_t *n, size_t *cap, int64_t value)
+{
+    if (grow((void **)ids, cap, *n, sizeof(**ids)) != 0)
+        return -1;
+    (*ids)[(*n)++] = value;
+    return 0;
+}
+
+/* Read the first column of every row as an id.  Finalizes stmt. */
+static int read_ids(struct md_store *st, sqlite3_stmt *stmt, int64_t **out,
+                    size_t *n, const char *what, struct md_error *err)
+{
+    size_t cap = 0;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (push_id(out, n, &cap, sqlite3_column_int64(stmt, 0)) != 0) {
+            sqlite3_finalize(stmt);
+            free(*out);
+            *out = NULL;
+            *n = 0;
+            return oom(err);
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        db_error(st, st->db, what, err);
+        sqlite3_finalize(stmt);
+        free(*out);
+        *out = NULL;
+        *n = 0;
+        return -1;
+    }
+    sqlite3_finalize(stmt);
+    return 0;
+}
+
+int md_store_outbox_pending(struct md_store *st, md_instant due,
+                            struct md_outbox_item **out, size_t *n,
+                            struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    struct md_outbox_item *items = NULL;
+    size_t count = 0;
+    size_t cap = 0;
+    size_t run_cap = 0;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if (prepare(st, SQL_OUTBOX_PENDING, &stmt, err) != 0)
+        return -1;
+    sqlite3_bind_int64(stmt, 1, due);
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(stmt, 0);
+        struct md_outbox_item *item;
+
+        /* One row per run, grouped by item. */
+        if (count == 0 || items[count - 1].id != id) {
+            if (grow((void **)&items, &cap, count, sizeof(*items)) != 0)
+                goto fail_oom;
+            item = &items[count++];
+            memset(item, 0, sizeof(*item));
+            item->id = id;
+            item->created = sqlite3_column_int64(stmt, 1);
+            run_cap = 0;
+        }
+        item = &items[count - 1];
+        if (sqlite3_column_type(stmt, 2) != SQLITE_NULL &&
+            push_id(&item->run_ids, &item->nrun_ids, &run_cap,
+                    sqlite3_column_int64(stmt, 2)) != 0)
+            goto fail_oom;
+    }
+    if (rc != SQLITE_DONE) {
+        db_error(st, st->db, "list the pending outbox items", err);
+        goto fail;
+    }
+    sqlite3_finalize(stmt);
+    *out = items;
+    *n = count;
+    return 0;
+
+fail_oom:
+    oom(err);
+fail:
+    sqlite3_finalize(stmt);
+    md_outbox_items_free(items, count);
+    return -1;
+}
+
+int md_store_runs_after(struct md_store *st, int64_t after, int64_t **out,
+                        size_t *n, struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+
+    *out = NULL;
+    *n = 0;
+    if (prepare(st, SQL_RUNS_AFTER, &stmt, err) != 0)
+        return -1;
+    sqlite3_bind_int64(stmt, 1, after);
+    return read_ids(st, stmt, out, n, "list the finished runs", err);
+}
+
+/* Run a one-row, one-column query with an optional text parameter. */
+static int query_one(struct md_store *st, const char *sql, const char *param,
+                     int64_t dflt, int64_t *out, const char *what,
+                     struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    int rc;
+
+    if (prepare(st, sql, &stmt, err) != 0)
+        return -1;
+    if (param != NULL)
+        bind_static(stmt, 1, param);
+    rc = query_int64(st, stmt, dflt, out, what, err);
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+int md_store_digest_last_run(struct md_store *st, int64_t *run_id,
+                             struct md_error *err)
+{
+    return query_one(st, SQL_DIGEST_LAST_RUN, NULL, 0, run_id,
+                     "read the runs the digests cover", err);
+}
+
+int md_store_digest_last_created(struct md_store *st, md_instant *created,
+                                 struct md_error *err)
+{
+    return query_one(st, SQL_DIGEST_LAST_CREATED, NULL, MD_STORE_TIME_NONE,
+                     created, "read the newest digest", err);
+}
+
+int md_store_rule_first_started(struct md_store *st, const char *rule_id,
+                                md_instant *started, struct md_error *err)
+{
+    return query_one(st, SQL_RULE_FIRST_STARTED, rule_id,
+                     MD_STORE_TIME_NONE, started,
+                     "read the rule's first run", err);
+}
+
+static int insert_digest(struct md_store *st, const struct md_outbox_digest *d,
+                         int64_t *digest_id, struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    int pending = d->state == MD_DIGEST_PENDING;
+    int rc;
+
+    if (prepare(st, SQL_DIGEST_INSERT, &stmt, err) != 0)
+        return -1;
+    rc = sqlite3_bind_int64(stmt, 1, d->created) |
+         bind_text(stmt, 2, md_digest_state_name(d->state)) |
+         bind_text(stmt, 3, d->reason != NULL ? d->reason : "none") |
+         sqlite3_bind_int64(stmt, 4, d->last_run) |
+         sqlite3_bind_int64(stmt, 5, d->new_devices) |
+         bind_text(stmt, 6, d->subject) |
+         bind_text(stmt, 7, d->message_id) |
+         (d->message != NULL
+              ? sqlite3_bind_blob64(stmt, 8, d->message, d->message_len,
+                                    SQLITE_TRANSIENT)
+              : sqlite3_bind_null(stmt, 8)) |
+         bind_time(stmt, 9, pending ? d->created : MD_STORE_TIME_NONE);
+    rc = check_binds(rc, err);
+    if (rc == 0)
+        rc = step_done(st, stmt, "record the digest", err);
+    sqlite3_finalize(stmt);
+    if (rc == 0)
+        *digest_id = sqlite3_last_insert_rowid(st->db);
+    return rc;
+}
+
+static int take_items(struct md_store *st, const struct md_outbox_digest *d,
+                      int64_t digest_id, struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    int rc = 0;
+
+    if (prepare(st, SQL_OUTBOX_TAKE, &stmt, err) != 0)
+        return -1;
+    for (size_t i = 0; i < d->noutbox_ids && rc == 0; i++) {
+        sqlite3_bind_int64(stmt, 1, digest_id);
+        sqlite3_bind_int(stmt, 2, d->state == MD_DIGEST_SKIPPED);
+        sqlite3_bind_int64(stmt, 3, d->outbox_ids[i]);
+        rc = step_done(st, stmt, "give an outbox item its digest", err);
+        if (rc == 0 && sqlite3_changes(st->db) != 1)
+            rc = md_error_set(err, MD_E_STORE,
+                              "store %s: outbox item %lld not found or "
+                              "taken by another digest already", st->path,
+                              (long long)d->outbox_ids[i]);
+    }
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+int md_store_digest_add(struct md_store *st, const struct md_outbox_digest *d,
+                        int64_t *digest_id, struct md_error *err)
+{
+    *digest_id = 0;
+    if (st->read_only)
+        return read_only_error(st, err);
+    if (d->state != MD_DIGEST_PENDING && d->state != MD_DIGEST_SKIPPED)
+        return md_error_set(err, MD_E_INTERNAL,
+                            "md_store_digest_add: a new digest is pending "
+                            "or skipped, not %s",
+                            md_digest_state_name(d->state));
+
+    if (exec_const(st, SQL_BEGIN, "start a transaction", err) != 0)
+        return -1;
+    if (insert_digest(st, d, digest_id, err) != 0 ||
+        take_items(st, d, *digest_id, err) != 0 ||
+        exec_const(st, SQL_COMMIT, "commit the digest", err) != 0) {
+        rollback(st);
+        *digest_id = 0;
+        return -1;
+    }
+    return 0;
+}
+
+/* Read DIGEST_COLUMNS starting at column 0.  Returns -1 when out of
+ * memory. */
+static int read_digest_columns(sqlite3_stmt *stmt, struct md_outbox_digest *d)
+{
+    const char *state = (const char *)sqlite3_column_text(stmt, 2);
+
+    d->id = sqlite3_column_int64(stmt, 0);
+    d->created = column_time(stmt, 1);
+    if (md_digest_state_from_name(state, &d->state) != 0)
+        d->state = MD_DIGEST_DEAD;
+    d->last_run = sqlite3_column_int64(stmt, 4);
+    d->new_devices = sqlite3_column_int64(stmt, 5);
+    d->attempts = (long)sqlite3_column_int64(stmt, 8);
+    d->next_attempt = column_time(stmt, 9);
+    d->last_attempt = column_time(stmt, 10);
+    d->sent = column_time(stmt, 11);
+    if (column_strdup(stmt, 3, &d->reason) != 0 ||
+        column_strdup(stmt, 6, &d->subject) != 0 ||
+        column_strdup(stmt, 7, &d->message_id) != 0 ||
+        column_strdup(stmt, 12, &d->last_error) != 0)
+        return -1;
+    return 0;
+}
+
+static int read_digest_items(struct md_store *st, struct md_outbox_digest *d,
+                             struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+
+    if (prepare(st, SQL_DIGEST_ITEMS, &stmt, err) != 0)
+        return -1;
+    sqlite3_bind_int64(stmt, 1, d->id);
+    return read_ids(st, stmt, &d->outbox_ids, &d->noutbox_ids,
+                    "list the digest's outbox items", err);
+}
+
+/* Copy the message blob of column col. */
+static int read_message_blob(sqlite3_stmt *stmt, int col,
+                             struct md_outbox_digest *d)
+{
+    const void *blob = sqlite3_column_blob(stmt, col);
+    int len = sqlite3_column_bytes(stmt, col);
+
+    if (sqlite3_column_type(stmt, col) == SQLITE_NULL)
+        return 0;
+    d->message = malloc((size_t)len + 1);
+    if (d->message == NULL)
+        return -1;
+    if (len > 0)
+        memcpy(d->message, blob, (size_t)len);
+    d->message[len] = '\0';
+    d->message_len = (size_t)len;
+    return 0;
+}
+
+int md_store_digest_get(struct md_store *st, int64_t id, int with_message,
+                        struct md_outbox_digest *out, struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (prepare(st, SQL_DIGEST_GET, &stmt, err) != 0)
+        return -1;
+    sqlite3_bind_int64(stmt, 1, id);
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE) {
+        sqlite3_finalize(stmt);
+        return md_error_set(err, MD_E_USAGE,
+                            "store %s: digest %lld not found; `mdhunt "
+                            "outbox` lists the digests", st->path,
+                            (long long)id);
+    }
+    if (rc != SQLITE_ROW) {
+        db_error(st, st->db, "read a digest", err);
+        sqlite3_finalize(stmt);
+        return -1;
+    }
+    rc = read_digest_columns(stmt, out);
+    if (rc == 0 && with_message)
+        rc = read_message_blob(stmt, 13, out);
+    sqlite3_finalize(stmt);
+    if (rc != 0) {
+        md_outbox_digest_clear(out);
+        return oom(err);
+    }
+    if (read_digest_items(st, out, err) != 0) {
+        md_outbox_digest_clear(out);
+        return -1;
+    }
+    return 0;
+}
+
+int md_store_digest_list(struct md_store *st, unsigned states,
+                         struct md_outbox_digest **out, size_t *n,
+                         struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    struct md_outbox_digest *v = NULL;
+    size_t count = 0;
+    size_t cap = 0;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if (prepare(st, SQL_DIGEST_LIST, &stmt, err) != 0)
+        return -1;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct md_outbox_digest d;
+
+        memset(&d, 0, sizeof(d));
+        if (read_digest_columns(stmt, &d) != 0) {
+            md_outbox_digest_clear(&d);
+            goto fail_oom;
+        }
+        if ((states & (1u << d.state)) == 0) {
+            md_outbox_digest_clear(&d);
+            continue;
+        }
+        if (grow((void **)&v, &cap, count, sizeof(*v)) != 0) {
+            md_outbox_digest_clear(&d);
+            goto fail_oom;
+        }
+        v[count++] = d;
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE) {
+        md_outbox_digests_free(v, count);
+        return db_error(st, st->db, "list the digests", err);
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (read_digest_items(st, &v[i], err) != 0) {
+            md_outbox_digests_free(v, count);
+            return -1;
+        }
+    }
+    *out = v;
+    *n = count;
+    return 0;
+
+fail_oom:
+    sqlite3_finalize(stmt);
+    md_outbox_digests_free(v, count);
+    return oom(err);
+}
+
+int md_store_digests_due(struct md_store *st, md_instant now, int64_t **ids,
+                         size_t *n, struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+
+    *ids = NULL;
+    *n = 0;
+    if (prepare(st, SQL_DIGESTS_DUE, &stmt, err) != 0)
+        return -1;
+    sqlite3_bind_int64(stmt, 1, now);
+    return read_ids(st, stmt, ids, n, "list the digests due", err);
+}
+
+int md_store_digest_next_attempt(struct md_store *st, md_instant *next,
+                                 struct md_error *err)
+{
+    return query_one(st, SQL_DIGEST_NEXT_ATTEMPT, NULL, MD_STORE_TIME_NONE,
+                     next, "read the next delivery attempt", err);
+}
+
+int md_store_digest_counts(struct md_store *st,
+                           int64_t counts[MD_DIGEST_STATE_COUNT],
+                           struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    int rc;
+
+    memset(counts, 0, MD_DIGEST_STATE_COUNT * sizeof(counts[0]));
+    if (prepare(st, SQL_DIGEST_COUNTS, &stmt, err) != 0)
+        return -1;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        enum md_digest_state state;
+
+        if (md_digest_state_from_name(
+                (const char *)sqlite3_column_text(stmt, 0), &state) == 0)
+            counts[state] = sqlite3_column_int64(stmt, 1);
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE)
+        return db_error(st, st->db, "count the digests", err);
+    return 0;
+}
+
+/*
+ * Change a digest to state after an attempt at when, if its state is one
+ * of from (a list such as ",pending,dead,"), and make its items follow.
+ */
+static int mark_digest(struct md_store *st, int64_t id, const char *from,
+                       enum md_digest_state state, md_instant when,
+                       md_instant next, const char *error,
+                       struct md_error *err)
+{
+    const char *name = md_digest_state_name(state);
+    sqlite3_stmt *stmt = NULL;
+    int rc;
+
+    if (st->read_only)
+        return read_only_error(st, err);
+    if (exec_const(st, SQL_BEGIN, "start a transaction", err) != 0)
+        return -1;
+    if (prepare(st, SQL_DIGEST_MARK, &stmt, err) != 0)
+        goto fail;
+    rc = sqlite3_bind_int64(stmt, 1, id) |
+         bind_text(stmt, 2, from) |
+         bind_text(stmt, 3, name) |
+         sqlite3_bind_int64(stmt, 4, when) |
+         bind_time(stmt, 5, next) |
+         bind_text(stmt, 6, error);
+    if (check_binds(rc, err) != 0 ||
+        step_done(st, stmt, "record the delivery attempt", err) != 0)
+        goto fail;
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    if (sqlite3_changes(st->db) != 1) {
+        md_error_set(err, MD_E_STORE, "store %s: digest %lld not found, or "
+                     "its state does not allow it to become %s", st->path,
+                     (long long)id, name);
+        goto fail;
+    }
+
+    if (state != MD_DIGEST_PENDING) {
+        if (prepare(st, SQL_OUTBOX_FOLLOW, &stmt, err) != 0)
+            goto fail;
+        sqlite3_bind_int64(stmt, 1, id);
+        bind_static(stmt, 2, name);
+        if (step_done(st, stmt, "update the digest's outbox items",
+                      err) != 0)
+            goto fail;
+        sqlite3_finalize(stmt);
+        stmt = NULL;
+    }
+    if (exec_const(st, SQL_COMMIT, "commit the delivery attempt", err) != 0)
+        goto fail;
+    return 0;
+
+fail:
+    sqlite3_finalize(stmt);
+    rollback(st);
+    return -1;
+}
+
+int md_store_digest_mark_sent(struct md_store *st, int64_t id,
+                              md_instant when, struct md_error *err)
+{
+    return mark_digest(st, id, ",pending,dead,", MD_DIGEST_SENT, when,
+                       MD_STORE_TIME_NONE, NULL, err);
+}
+
+int md_store_digest_mark_retry(struct md_store *st, int64_t id,
+                               md_instant when, md_instant next,
+                               const char *error, struct md_error *err)
+{
+    return mark_digest(st, id, ",pending,", MD_DIGEST_PENDING, when, next,
+                       error, err);
+}
+
+int md_store_digest_mark_dead(struct md_store *st, int64_t id,
+                              md_instant when, const char *error,
+                              struct md_error *err)
+{
+    return mark_digest(st, id, ",pending,dead,", MD_DIGEST_DEAD, when,
+                       MD_STORE_TIME_NONE, error, err);
 }
 
 static int prune_step(struct md_store *st, const char *sql, int64_t param,
@@ -1525,9 +2316,9 @@ static int parse_tracked_values(const char *text, struct md_entity *e)
 }
 
 /*
- * Read ENTITY_COLUMNS starting at column 0, then row_json (col 11) and,
- * when with_rule, rule_id (col 12).  Returns -1 when out of memory or
- * tracked_values is not a JSON array.
+ * Read ENTITY_COLUMNS starting at column 0, then row_json (col 11),
+ * when with_rule rule_id (col 12), and EXCLUSION_COLUMNS (col 13 on).
+ * Returns -1 when out of memory or tracked_values is not a JSON array.
  */
 static int read_entity(sqlite3_stmt *stmt, int with_rule,
                        struct md_entity *e)
@@ -1541,8 +2332,12 @@ static int read_entity(sqlite3_stmt *stmt, int with_rule,
         column_strdup(stmt, 2, &e->device_name) != 0 ||
         column_strdup(stmt, 10, &tracked) != 0 ||
         column_strdup(stmt, 11, &e->row_json) != 0 ||
-        (with_rule && column_strdup(stmt, 12, &e->rule_id) != 0))
+        (with_rule && column_strdup(stmt, 12, &e->rule_id) != 0) ||
+        column_strdup(stmt, 13, &e->excluded_by) != 0 ||
+        column_strdup(stmt, 14, &e->exclusion_reason) != 0 ||
+        column_strdup(stmt, 15, &e->exclusion_owner) != 0)
         goto fail;
+    e->exclusion_expires = column_time(stmt, 16);
     e->first_run = sqlite3_column_int64(stmt, 3);
     e->first_seen = column_time(stmt, 4);
     e->last_run = sqlite3_column_int64(stmt, 5);
@@ -1552,6 +2347,7 @@ static int read_entity(sqlite3_stmt *stmt, int with_rule,
     e->runs_seen = sqlite3_column_int64(stmt, 9);
     rc = parse_tracked_values(tracked, e);
     free(tracked);
+    tracked = NULL;     /* the fail: path frees it too */
     if (rc != 0)
         goto fail;
     if (e->key == NULL)
@@ -1983,10 +2779,15 @@ static int read_event(sqlite3_stmt *stmt, struct md_event *ev)
         column_strdup(stmt, 2, &ev->row_json) != 0 ||
         column_strdup(stmt, 6, &ev->old_name) != 0 ||
         column_strdup(stmt, 7, &ev->new_name) != 0 ||
-        column_strdup(stmt, 8, &ev->value) != 0) {
+        column_strdup(stmt, 8, &ev->value) != 0 ||
+        column_strdup(stmt, 9, &ev->exclusion_id) != 0 ||
+        column_strdup(stmt, 10, &ev->exclusion_reason) != 0 ||
+        column_strdup(stmt, 11, &ev->exclusion_owner) != 0) {
         md_event_clear(ev);
         return -1;
     }
+    ev->exclusion_expires = column_time(stmt, 12);
+    ev->first_excluded = sqlite3_column_int(stmt, 13);
     ev->first_seen = column_time(stmt, 3);
     ev->last_seen = column_time(stmt, 4);
     ev->days_away = sqlite3_column_int64(stmt, 5);
@@ -2024,6 +2825,39 @@ static int read_events(struct md_store *st, struct md_run_diff *d,
     return 0;
 }
 
+static int read_issues(struct md_store *st, struct md_run_diff *d,
+                       struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    size_t cap = 0;
+    int rc;
+
+    if (prepare(st, SQL_RUN_ISSUES, &stmt, err) != 0)
+        return -1;
+    sqlite3_bind_int64(stmt, 1, d->run.id);
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct md_exclusion_issue *is;
+
+        if (grow((void **)&d->exclusion_issues, &cap, d->nexclusion_issues,
+                 sizeof(*d->exclusion_issues)) != 0) {
+            sqlite3_finalize(stmt);
+            return oom(err);
+        }
+        is = &d->exclusion_issues[d->nexclusion_issues];
+        memset(is, 0, sizeof(*is));
+        d->nexclusion_issues++;
+        if (column_strdup(stmt, 0, &is->entry_id) != 0 ||
+            column_strdup(stmt, 1, &is->message) != 0) {
+            sqlite3_finalize(stmt);
+            return oom(err);
+        }
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE)
+        return db_error(st, st->db, "read the run's exclusion issues", err);
+    return 0;
+}
+
 int md_store_run_diff(struct md_store *st, int64_t run_id,
                       struct md_run_diff *out, struct md_error *err)
 {
@@ -2040,7 +2874,7 @@ int md_store_run_diff(struct md_store *st, int64_t run_id,
     rule.name = NULL;
     rule.file = NULL;
     md_rule_status_clear(&rule);
-    if (read_events(st, out, err) != 0)
+    if (read_events(st, out, err) != 0 || read_issues(st, out, err) != 0)
         goto fail;
     return 0;
 
@@ -2048,4 +2882,47 @@ fail:
     md_rule_status_clear(&rule);
     md_run_diff_clear(out);
     return -1;
+}
+
+int md_store_exclusion_counts(struct md_store *st,
+                              struct md_exclusion_count **out, size_t *n,
+                              struct md_error *err)
+{
+    sqlite3_stmt *stmt;
+    struct md_exclusion_count *v = NULL;
+    size_t count = 0;
+    size_t cap = 0;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if (prepare(st, SQL_EXCLUSION_COUNTS, &stmt, err) != 0)
+        return -1;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct md_exclusion_count *c;
+
+        if (grow((void **)&v, &cap, count, sizeof(*v)) != 0)
+            goto fail_oom;
+        c = &v[count];
+        memset(c, 0, sizeof(*c));
+        count++;
+        if (column_strdup(stmt, 0, &c->rule_id) != 0 ||
+            column_strdup(stmt, 1, &c->exclusion_id) != 0)
+            goto fail_oom;
+        c->run_id = sqlite3_column_int64(stmt, 2);
+        c->devices = sqlite3_column_int64(stmt, 3);
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE) {
+        md_exclusion_counts_free(v, count);
+        return db_error(st, st->db, "count the excluded devices", err);
+    }
+    *out = v;
+    *n = count;
+    return 0;
+
+fail_oom:
+    sqlite3_finalize(stmt);
+    md_exclusion_counts_free(v, count);
+    return oom(err);
 }

@@ -1,14 +1,18 @@
 /*
  * Microsoft Entra ID access tokens for the hunting APIs.
  *
- * mdhunt uses the OAuth 2.0 client credentials grant with a client secret
- * against the v2.0 token endpoint:
+ * mdhunt uses the OAuth 2.0 client credentials grant against the v2.0
+ * token endpoint:
  *   POST {authority}/{tenant}/oauth2/v2.0/token
  *   client_id=...&scope=...&client_secret=...&grant_type=client_credentials
+ * With a certificate ([auth] certificate_file) client_secret is replaced
+ * by client_assertion_type=urn:ietf:params:oauth:client-assertion-type:
+ * jwt-bearer and client_assertion, a JWT signed with the certificate's
+ * private key (RFC 7523), made afresh for every token request.
  * The token is cached and renewed shortly before it expires.
  *
- * Neither the token nor the client secret ever reaches a log line or an
- * error message.
+ * Neither the token, the client secret, the private key nor an assertion
+ * ever reaches a log line or an error message.
  */
 #ifndef MDHUNT_AUTH_H
 #define MDHUNT_AUTH_H
@@ -20,10 +24,15 @@
 #include "mdhunt/config.h"
 #include "mdhunt/error.h"
 #include "mdhunt/http.h"
+#include "mdhunt/mdtime.h"
 
 /* Authority (login host) of a cloud, e.g. https://login.microsoftonline.com;
  * NULL for an unknown cloud. */
 const char *md_auth_cloud_authority(enum md_cloud cloud);
+
+/* Defender portal of a cloud for links, e.g. https://security.microsoft.com;
+ * NULL when the cloud has none. */
+const char *md_auth_portal_url(enum md_cloud cloud);
 
 /* Token scope a backend needs in a cloud, e.g.
  * https://graph.microsoft.com/.default; NULL when unknown. */
@@ -51,17 +60,73 @@ const char *md_auth_api_url(const struct md_config *cfg);
 struct md_auth;
 
 /*
- * Create a token source from cfg->auth, whose client secret must already
- * be loaded (md_config_require_auth).  The secret and the settings are
+ * Create a token source from cfg->auth, whose credential must already be
+ * loaded (md_config_require_auth).  The secret and the settings are
  * copied; http is borrowed and must outlive the token source.
- * A tenant_id that is not a GUID or domain name is MD_E_CONFIG.
+ * A tenant_id that is not a GUID or domain name is MD_E_CONFIG.  With a
+ * certificate, the certificate file is read and the private key parsed
+ * (with the passphrase) here; an unreadable certificate, a key that
+ * cannot be decrypted, is not RSA of at least 2048 bits or does not
+ * belong to the certificate are MD_E_CONFIG errors naming the file.
  * Free with md_auth_free().
  */
 int md_auth_new(const struct md_config *cfg, struct md_http *http,
                 struct md_auth **out, struct md_error *err);
 
-/* Wipe the secret and the token and free. */
+/* Wipe the secret, the private key and the token and free. */
 void md_auth_free(struct md_auth *auth);
+
+/*
+ * Describe the credential for the operator, e.g. "client secret" or
+ * "certificate with SHA-1 thumbprint 84E0...5534 (PS256)".  Never the
+ * secret itself.
+ */
+void md_auth_describe_credential(const struct md_auth *auth, char *buf,
+                                 size_t size);
+
+/* The token endpoint URL, which is also a client assertion's audience.
+ * Borrowed from auth. */
+const char *md_auth_token_url(const struct md_auth *auth);
+
+/*
+ * Make a client assertion for a token request at now: a compact JWS
+ * whose header has alg (PS256 or RS256, [auth] assertion_alg), typ JWT
+ * and x5t#S256 (with PS256) or x5t (with RS256), and whose claims are aud
+ * (the token URL), iss and sub (the client ID), jti (a random UUID), nbf
+ * and iat (now) and exp (now + 10 minutes).  *assertion receives the
+ * text, which the caller clears.  MD_E_CONFIG when auth uses a client
+ * secret; MD_E_INTERNAL when signing fails.
+ */
+int md_auth_make_assertion(struct md_auth *auth, md_instant now,
+                           struct md_secret *assertion,
+                           struct md_error *err);
+
+/* Claims of an access token, read from its payload without verifying
+ * its signature: fit to show the operator, never to trust. */
+struct md_token_claims {
+    char *tenant;           /* tid */
+    char *application;      /* appid (v1 tokens), else azp (v2) */
+    char *audience;         /* aud */
+    char **roles;           /* roles, NULL-terminated; empty when absent */
+    md_instant expires;     /* exp; 0 when absent */
+    md_instant issued;      /* iat; 0 when absent */
+};
+
+/*
+ * Decode the payload of a JWT access token into claims (free with
+ * md_auth_claims_free).  Missing string claims are empty strings.  A
+ * token that is not three base64url parts with a JSON object in the
+ * middle is MD_E_SERVICE.
+ */
+int md_auth_decode_claims(const struct md_secret *token,
+                          struct md_token_claims *claims,
+                          struct md_error *err);
+
+/* Whether claims contains role, compared exactly as Entra ID does. */
+int md_auth_claims_has_role(const struct md_token_claims *claims,
+                            const char *role);
+
+void md_auth_claims_free(struct md_token_claims *claims);
 
 /*
  * Store in *token a valid access token, requesting a new one when none is

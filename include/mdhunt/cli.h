@@ -48,5 +48,13 @@ int md_cmd_status(struct md_cli *cli, int argc, char **argv,
                   struct md_error *err);
 int md_cmd_devices(struct md_cli *cli, int argc, char **argv,
                    struct md_error *err);
+int md_cmd_outbox(struct md_cli *cli, int argc, char **argv,
+                  struct md_error *err);
+int md_cmd_mail_test(struct md_cli *cli, int argc, char **argv,
+                     struct md_error *err);
+int md_cmd_auth(struct md_cli *cli, int argc, char **argv,
+                struct md_error *err);
+int md_cmd_exclusions(struct md_cli *cli, int argc, char **argv,
+                      struct md_error *err);
 
 #endif

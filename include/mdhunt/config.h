@@ -8,8 +8,9 @@
  * Every key, its default and its unit are documented in
  * config/mdhunt.ini.example.
  *
- * Secrets (the client secret, the SMTP password) are read only into
- * struct md_secret fields and never appear in a message.
+ * Secrets (the client secret, a private key and its passphrase, the SMTP
+ * password) are read only into struct md_secret fields and never appear
+ * in a message.
  */
 #ifndef MDHUNT_CONFIG_H
 #define MDHUNT_CONFIG_H
@@ -109,6 +110,7 @@ struct md_config {
 
     struct {
         char *path;                   /* default /var/lib/mdhunt/mdhunt.db */
+        int configured;               /* a [store] section was present */
         long keep_runs;               /* default 100 */
         int64_t keep_days;            /* seconds, default 90d */
     } store;
@@ -121,6 +123,8 @@ struct md_config {
     struct {
         int64_t realert_after;        /* seconds, default 30d */
         enum md_first_run first_run;
+        char *exclusions;             /* exclusions YAML file, or NULL */
+        int64_t max_exclusion_age;    /* seconds, default 365d */
     } report;
 
     struct {

@@ -16,6 +16,16 @@
  * Rows sharing a key are merged into one: earliest FirstSeen, latest
  * LastSeen, summed Count, and the DeviceName (and the rest of the row) of
  * the row with the latest LastSeen.
+ *
+ * Exclusions (exclusions.h) are matched against each row at the run's
+ * start.  A key is excluded only when every one of its rows matches an
+ * entry, so one row that no entry covers keeps the device reported.  The
+ * entry named is the one matching the row with the latest LastSeen.  An
+ * excluded key is still stored as an entity and gets an "excluded" event
+ * in every run, in place of any other event.  A key excluded at its
+ * previous sighting and no longer excluded gets one "uncovered" event,
+ * in place of the others (a baseline included).  An excluded entity is
+ * never reported gone.
  */
 #ifndef MDHUNT_DIFF_H
 #define MDHUNT_DIFF_H
@@ -27,6 +37,7 @@
 
 #include "mdhunt/config.h"
 #include "mdhunt/error.h"
+#include "mdhunt/exclusions.h"
 #include "mdhunt/rule.h"
 #include "mdhunt/store.h"
 #include "mdhunt/table.h"
@@ -40,6 +51,7 @@ struct md_diff_options {
     const struct md_rule_config *rule_config;  /* key, track; may be NULL */
     int64_t realert_after;                /* seconds; 0: never again */
     enum md_first_run first_run;          /* [report] first_run */
+    const struct md_exclusions *exclusions;   /* may be NULL */
 };
 
 /* The outcome of md_diff_compute().  Free with md_diff_free(). */
@@ -53,6 +65,8 @@ struct md_diff {
     size_t nevents;
     struct md_entity *entities; /* new state of every key in the result */
     size_t nentities;
+    struct md_exclusion_issue *exclusion_issues;  /* entries not applied */
+    size_t nexclusion_issues;
 };
 
 void md_diff_free(struct md_diff *d);
@@ -83,8 +97,9 @@ int md_diff_compute(const struct md_diff_options *opts,
 
 /*
  * Return nonzero when the diff has something to report under [mail]
- * send_when = new: a new, returned, tracked, renamed or baseline event.
- * Gone and empty_key events alone do not count.
+ * send_when = new: a new, returned, tracked, renamed, uncovered or
+ * baseline event.  Gone, excluded and empty_key events alone do not
+ * count.
  */
 int md_diff_is_newsworthy(const struct md_diff *d);
 
@@ -96,6 +111,7 @@ int md_diff_is_newsworthy(const struct md_diff *d);
  * is off).  On success *out (may be NULL) receives the diff, which the
  * caller frees with md_diff_free().  On failure the run stays "running",
  * and the caller records the error with md_store_run_finish_failed().
+ * Every exclusion issue is logged as a warning and stored with the run.
  */
 int md_diff_record_run(struct md_store *st, int64_t run_id,
                        const struct md_table *table,
@@ -115,16 +131,22 @@ int md_diff_record_run(struct md_store *st, int64_t run_id,
  *    "baseline": bool,
  *    "new": [rows], "gone": [rows], "returned": [rows],
  *    "renamed": [rows], "baseline_rows": [rows], "empty_key": [rows],
+ *    "excluded": [rows], "uncovered": [rows],
+ *    "exclusion_issues": [{"entry", "message"}],
  *    "unchanged": count}
  *
  * Each row is the rule's row as reported plus members "mdhunt_event",
  * "mdhunt_key" and "mdhunt_first_seen", and by kind "mdhunt_last_seen"
  * (returned, gone), "mdhunt_days_away" (returned), "mdhunt_old_name" and
- * "mdhunt_new_name" (renamed), "mdhunt_value" (tracked).  Tracked events
- * are listed under "new".  Times are md_time_format() text, or null when
- * unknown.  "error" is null unless the run failed or was interrupted, and
- * then contains "kind", "message", "http_status" and "request_id".  Returns
- * a new reference, or NULL with err set.
+ * "mdhunt_new_name" (renamed), "mdhunt_value" (tracked),
+ * "mdhunt_exclusion" (excluded, uncovered: an object with "id", "reason",
+ * "owner" and "expires" as md_exclusion_format_expiry() writes it) and
+ * "mdhunt_first_excluded" (excluded: true when the entry did not exclude
+ * the key at its previous sighting).
+ * Tracked events are listed under "new".  Times are md_time_format()
+ * text, or null when unknown.  "error" is null unless the run failed or
+ * was interrupted, and then contains "kind", "message", "http_status"
+ * and "request_id".  Returns a new reference, or NULL with err set.
  */
 json_t *md_diff_json(const struct md_run_diff *d, struct md_error *err);
 

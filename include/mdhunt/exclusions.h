@@ -33,10 +33,10 @@
  * ones keeps the row reported.
  *
  * Column names are known only from a reply, so they are checked when a
- * result is matched: a condition on a column the result lacks makes a
- * "*" entry not applicable to that rule, and a rule-specific entry
- * invalid for that run (an md_exclusion_problem); other entries keep
- * working.
+ * result is matched.  A condition on a column the result lacks makes a
+ * "*" entry not applicable to that rule.  It makes an entry for that
+ * rule alone invalid for the run, which an md_exclusion_problem reports.
+ * Other entries keep working.
  */
 #ifndef MDHUNT_EXCLUSIONS_H
 #define MDHUNT_EXCLUSIONS_H
@@ -142,6 +142,15 @@ void md_exclusions_free(struct md_exclusions *x);
 /* The entry whose id equals id ignoring ASCII case, or NULL. */
 const struct md_exclusion *md_exclusions_find(const struct md_exclusions *x,
                                               const char *id);
+
+/*
+ * Format the instant an entry stops applying as the file writes it:
+ * "YYYY-MM-DD" when it is the end of a whole UTC day (that day), else a
+ * timestamp as md_time_format() writes it.  buf needs MD_TIME_TEXT_MAX
+ * bytes.  Returns buf.
+ */
+char *md_exclusion_format_expiry(md_instant expires, char *buf,
+                                 size_t size);
 
 /* Nonzero when the entry no longer applies at the instant at. */
 int md_exclusion_expired(const struct md_exclusion *e, md_instant at);

@@ -101,6 +101,20 @@ int md_http_perform(struct md_http *http, const struct md_http_request *req,
                     struct md_http_response *resp, struct md_error *err);
 
 /*
+ * A replacement for the network, for tests: md_http_perform() calls it
+ * instead of libcurl, after its own checks.  It fills resp (status, body,
+ * the header fields) and returns 0, or returns -1 with err set as
+ * md_http_perform() would.
+ */
+typedef int (*md_http_transport_fn)(const struct md_http_request *req,
+                                    struct md_http_response *resp,
+                                    struct md_error *err, void *ctx);
+
+/* Send the requests of http through fn (NULL: the network again). */
+void md_http_set_transport(struct md_http *http, md_http_transport_fn fn,
+                           void *ctx);
+
+/*
  * Parse a Retry-After value: delay-seconds ("120") or an IMF-fixdate
  * ("Wed, 21 Oct 2015 07:28:00 GMT") turned into seconds after now
  * (0 when the date has passed).  Returns the seconds, or -1 when the value

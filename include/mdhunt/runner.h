@@ -197,11 +197,22 @@ int md_runner_cycle(struct md_runner *r, struct md_cycle_result *res,
                     struct md_error *err);
 
 /*
- * Set *deadline to the earliest instant at which a rule becomes ready.
- * With no rules it is MD_STORE_TIME_NONE.
+ * Set *deadline to the earliest instant at which a rule becomes ready,
+ * or the outbox has work (md_outbox_next_wakeup()), whichever is first.
+ * With neither it is MD_STORE_TIME_NONE.
  */
 int md_runner_next_wakeup(struct md_runner *r, md_instant *deadline,
                           struct md_error *err);
+
+/*
+ * The mail step after a cycle (outbox.h): compose a digest of the queued
+ * reports, at once when compose is nonzero (`run --once`), else when
+ * [mail] digest_every has passed since the previous one, then deliver the
+ * digests that are due.  Does nothing without [mail] or with send_when =
+ * never.  Mail errors are logged and leave the digests queued; -1 means
+ * the store failed.
+ */
+int md_runner_mail(struct md_runner *r, int compose, struct md_error *err);
 
 /*
  * Read the configuration file and the rules again.  On success the new
@@ -214,8 +225,9 @@ int md_runner_next_wakeup(struct md_runner *r, md_instant *deadline,
 int md_runner_reload(struct md_runner *r, struct md_error *err);
 
 /*
- * The daemon: cycles until a stop request, sleeping until the next rule
- * is ready in between and reloading after SIGHUP.  Returns 0 after a
+ * The daemon: cycles until a stop request, running the mail step after
+ * each cycle, sleeping until the next rule is ready or the outbox has
+ * work in between, and reloading after SIGHUP.  Returns 0 after a
  * stop request, or -1 when the store failed.
  */
 int md_runner_loop(struct md_runner *r, struct md_error *err);

@@ -41,7 +41,7 @@
 #include "mdhunt/table.h"
 
 /* The schema version this binary creates and reads. */
-#define MD_STORE_SCHEMA_VERSION 1
+#define MD_STORE_SCHEMA_VERSION 3
 
 /* How long a statement waits for another connection's lock, in ms. */
 #define MD_STORE_BUSY_TIMEOUT_MS 10000
@@ -134,11 +134,15 @@ enum md_event_kind {
     MD_EVENT_BASELINE,    /* first run or first run after a query change */
     MD_EVENT_TRACKED,     /* a new value of the track column */
     MD_EVENT_EMPTY_KEY,   /* a row whose key is empty or null */
+    MD_EVENT_EXCLUDED,    /* a key whose rows an exclusion entry matched */
+    MD_EVENT_UNCOVERED,   /* a key excluded at its previous sighting and
+                             no longer (the entry expired, was removed or
+                             no longer matches) */
     MD_EVENT_KIND_COUNT
 };
 
 /* "new", "returned", "gone", "renamed", "baseline", "tracked",
- * "empty_key". */
+ * "empty_key", "excluded", "uncovered". */
 const char *md_event_kind_name(enum md_event_kind kind);
 
 /* Parse a name written by md_event_kind_name(); returns 0, or -1 when
@@ -164,6 +168,11 @@ struct md_entity {
     char **tracked_values;      /* values of the track column seen */
     size_t ntracked_values;
     char *row_json;             /* the latest merged row, compact JSON */
+    char *excluded_by;          /* the exclusion entry that matched it at
+                                   its latest sighting, or NULL */
+    char *exclusion_reason;     /* that entry's reason and owner */
+    char *exclusion_owner;
+    md_instant exclusion_expires;   /* when that entry stops applying */
 };
 
 void md_entity_clear(struct md_entity *e);
@@ -183,6 +192,14 @@ struct md_event {
     char *old_name;             /* renamed */
     char *new_name;             /* renamed */
     char *value;                /* tracked: the new value */
+    /* excluded, uncovered: the exclusion entry (for uncovered, the one
+     * that no longer applies) */
+    char *exclusion_id;
+    char *exclusion_reason;
+    char *exclusion_owner;
+    md_instant exclusion_expires;   /* when the entry stops applying */
+    int first_excluded;         /* excluded: the key was not excluded by
+                                   this entry at its previous sighting */
 };
 
 void md_event_clear(struct md_event *ev);
@@ -240,6 +257,15 @@ struct md_run_start {
 int md_store_run_begin(struct md_store *st, const struct md_run_start *start,
                        int64_t *run_id, struct md_error *err);
 
+/* An exclusion entry that could not be applied in a run, for the
+ * digest's health section. */
+struct md_exclusion_issue {
+    char *entry_id;
+    char *message;
+};
+
+void md_exclusion_issues_free(struct md_exclusion_issue *v, size_t n);
+
 /* Everything a successful run writes.  md_diff_compute() fills the diff
  * part; nothing is copied or freed by the store. */
 struct md_run_finish {
@@ -253,6 +279,8 @@ struct md_run_finish {
     const struct md_entity *entities;  /* new state of each key seen */
     size_t nentities;
     int add_outbox;                 /* queue a report of this run */
+    const struct md_exclusion_issue *exclusion_issues;
+    size_t nexclusion_issues;
 };
 
 /*
@@ -279,9 +307,7 @@ int md_store_run_finish_failed(struct md_store *st, int64_t run_id,
 /*
  * Queue a report covering run_ids (all of them must exist) in its own
  * transaction, state "pending", due at created.  Sets *outbox_id.  The
- * message bytes are filled later by the mail composer.
- * NOTE: the store has no functions yet to read the outbox or to change an
- * item's state; the mail delivery code has to add them.
+ * mail composer takes it into a digest (md_store_digest_add()).
  */
 int md_store_outbox_add(struct md_store *st, md_instant created,
                         const int64_t *run_ids, size_t nrun_ids,
@@ -385,6 +411,8 @@ struct md_run_diff {
     char *rule_file;            /* may be NULL */
     struct md_event *events;    /* in the order they were reported */
     size_t nevents;
+    struct md_exclusion_issue *exclusion_issues;
+    size_t nexclusion_issues;
 };
 
 /* Load the diff of run_id; an unknown run is MD_E_USAGE.  Free with
@@ -393,6 +421,170 @@ int md_store_run_diff(struct md_store *st, int64_t run_id,
                       struct md_run_diff *out, struct md_error *err);
 
 void md_run_diff_clear(struct md_run_diff *d);
+
+/* Devices an exclusion entry matched in a rule's newest successful run. */
+struct md_exclusion_count {
+    char *rule_id;
+    char *exclusion_id;
+    int64_t run_id;
+    int64_t devices;
+};
+
+/*
+ * List, for the newest successful run of every rule, how many excluded
+ * events each exclusion entry produced, by rule id and entry id.  Free
+ * with md_exclusion_counts_free().
+ */
+int md_store_exclusion_counts(struct md_store *st,
+                              struct md_exclusion_count **out, size_t *n,
+                              struct md_error *err);
+
+void md_exclusion_counts_free(struct md_exclusion_count *v, size_t n);
+
+/* ---- The mail outbox ----------------------------------------------------- */
+
+/*
+ * Outbox items are queued by the runs (md_store_run_finish_ok()).  The
+ * mail composer batches the items not yet taken into a digest, which also
+ * covers every run finished since the previous digest (its health
+ * section counts failed runs that queued no item).  A digest is rendered
+ * once: its message bytes and Message-ID are stored with it, and every
+ * delivery attempt sends those bytes.
+ */
+
+enum md_digest_state {
+    MD_DIGEST_PENDING = 0,  /* waiting for delivery (or a retry) */
+    MD_DIGEST_SENT,         /* the server accepted it */
+    MD_DIGEST_DEAD,         /* delivery gave up: a 5xx reply, or too many
+                               attempts */
+    MD_DIGEST_SKIPPED,      /* send_when decided against mailing it */
+    MD_DIGEST_STATE_COUNT
+};
+
+/* "pending", "sent", "dead", "skipped". */
+const char *md_digest_state_name(enum md_digest_state state);
+
+/* Parse a name written by md_digest_state_name(); returns 0, or -1 when
+ * unknown. */
+int md_digest_state_from_name(const char *name, enum md_digest_state *out);
+
+/* An outbox item: a report of one or more runs. */
+struct md_outbox_item {
+    int64_t id;
+    md_instant created;
+    int64_t *run_ids;           /* ascending */
+    size_t nrun_ids;
+};
+
+void md_outbox_items_free(struct md_outbox_item *items, size_t n);
+
+/*
+ * List the items that no digest has taken yet, created at or before due,
+ * oldest first.  Free with md_outbox_items_free().
+ */
+int md_store_outbox_pending(struct md_store *st, md_instant due,
+                            struct md_outbox_item **out, size_t *n,
+                            struct md_error *err);
+
+/* List the ids of finished runs (any status but "running") with an id
+ * greater than after, ascending.  The caller frees *out with free(). */
+int md_store_runs_after(struct md_store *st, int64_t after, int64_t **out,
+                        size_t *n, struct md_error *err);
+
+/* Set *run_id to the highest last_run of any digest, or 0 when there is
+ * no digest: the runs up to it are covered. */
+int md_store_digest_last_run(struct md_store *st, int64_t *run_id,
+                             struct md_error *err);
+
+/* Set *created to the creation time of the newest digest, or
+ * MD_STORE_TIME_NONE when there is none. */
+int md_store_digest_last_created(struct md_store *st, md_instant *created,
+                                 struct md_error *err);
+
+/* Set *started to the start of rule_id's first run, or
+ * MD_STORE_TIME_NONE when it never ran. */
+int md_store_rule_first_started(struct md_store *st, const char *rule_id,
+                                md_instant *started, struct md_error *err);
+
+/* A digest as stored.  Times without a value are MD_STORE_TIME_NONE. */
+struct md_outbox_digest {
+    int64_t id;
+    md_instant created;
+    enum md_digest_state state;
+    char *reason;               /* md_send_reason_name() of the decision */
+    int64_t last_run;           /* the highest run id it covers */
+    int64_t new_devices;
+    char *subject;              /* UTF-8; NULL when skipped */
+    char *message_id;           /* "<...>"; NULL when skipped */
+    char *message;              /* RFC 5322 bytes; NULL when skipped or
+                                   not loaded */
+    size_t message_len;
+    long attempts;              /* delivery attempts so far */
+    md_instant next_attempt;    /* pending: when it is due */
+    md_instant last_attempt;
+    md_instant sent;            /* when the server accepted it */
+    char *last_error;           /* of the last failed attempt, or NULL */
+    int64_t *outbox_ids;        /* the items it covers, ascending */
+    size_t noutbox_ids;
+};
+
+void md_outbox_digest_clear(struct md_outbox_digest *d);
+void md_outbox_digests_free(struct md_outbox_digest *v, size_t n);
+
+/*
+ * Record a digest, in one transaction: insert it with d->state (pending
+ * or skipped) and, when pending, next_attempt = d->created; give every
+ * item of d->outbox_ids its digest_id, and mark them "sent" when the
+ * digest is skipped.  An item that another digest has taken already is
+ * an MD_E_STORE error and nothing is written.  The id, attempts and
+ * times other than created are ignored.  Sets *digest_id.
+ */
+int md_store_digest_add(struct md_store *st, const struct md_outbox_digest *d,
+                        int64_t *digest_id, struct md_error *err);
+
+/* Load one digest, with its message bytes when with_message.  An unknown
+ * id is MD_E_USAGE.  Clear with md_outbox_digest_clear(). */
+int md_store_digest_get(struct md_store *st, int64_t id, int with_message,
+                        struct md_outbox_digest *out, struct md_error *err);
+
+/* List the digests whose state bit (1u << state) is set in states, by
+ * id, without their message bytes.  Free with md_outbox_digests_free(). */
+int md_store_digest_list(struct md_store *st, unsigned states,
+                         struct md_outbox_digest **out, size_t *n,
+                         struct md_error *err);
+
+/* List the ids of pending digests due at now (next_attempt <= now),
+ * oldest first.  The caller frees *ids with free(). */
+int md_store_digests_due(struct md_store *st, md_instant now, int64_t **ids,
+                         size_t *n, struct md_error *err);
+
+/* Set *next to the earliest next_attempt of a pending digest, or
+ * MD_STORE_TIME_NONE when none is pending. */
+int md_store_digest_next_attempt(struct md_store *st, md_instant *next,
+                                 struct md_error *err);
+
+/* Count the digests in each state. */
+int md_store_digest_counts(struct md_store *st,
+                           int64_t counts[MD_DIGEST_STATE_COUNT],
+                           struct md_error *err);
+
+/*
+ * Record a delivery attempt at when.  Sent: the server accepted the
+ * message (call it only then); the digest and its items become "sent".
+ * Retry: the attempt failed and the digest stays pending until next.
+ * Dead: delivery gives up; the digest and its items become "dead".  Each
+ * adds one attempt; error (may be NULL for sent) is kept as last_error.
+ * A dead digest may be marked sent or dead again (a retry by hand), but
+ * not retried; a sent or skipped one cannot change (MD_E_STORE).
+ */
+int md_store_digest_mark_sent(struct md_store *st, int64_t id,
+                              md_instant when, struct md_error *err);
+int md_store_digest_mark_retry(struct md_store *st, int64_t id,
+                               md_instant when, md_instant next,
+                               const char *error, struct md_error *err);
+int md_store_digest_mark_dead(struct md_store *st, int64_t id,
+                              md_instant when, const char *error,
+                              struct md_error *err);
 
 /* ---- The row format ------------------------------------------------------ */
 

@@ -6,6 +6,14 @@ endpoint still exists, so the fake serves it too (option
 v1_token_endpoint), with the numbers of the reply sent as JSON strings as
 v1 does.
 
+The client authenticates with a secret (in the form or HTTP Basic) or
+with a certificate: a JWT client assertion signed with the key of a
+certificate in the app's "certificates", verified with python3-jwt
+(signature, RS256 with x5t or PS256 with x5t#S256, padded or unpadded,
+aud, iss, sub, the time range and jti replay).
+GET /{tenant}/v2.0/.well-known/openid-configuration serves the discovery
+document that MSAL reads first.
+
 Error codes, "error" values and statuses follow captured real replies.
 Where no capture was available the choice is marked as a guess.
 """
@@ -13,18 +21,39 @@ Where no capture was available the choice is marked as a guess.
 import base64
 import binascii
 import hmac
+import json
 import re
 import time
 import urllib.parse
+
+import jwt
+from cryptography import x509
 
 from fakestate import GUID_RE, DEFAULT_TOKEN_LIFETIME
 from replies import base_headers, entra_error, json_reply, Reply
 
 TOKEN_PATH_RE = re.compile(r"^/([^/]+)/oauth2/(v2\.0/)?token$")
+DISCOVERY_PATH_RE = re.compile(
+    r"^/([^/]+)/v2\.0/\.well-known/openid-configuration$")
 DNS_NAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
     r"[A-Za-z]{2,63}$")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+# The header that names the certificate, and its digest, for each
+# algorithm Entra ID is known to accept (what MSAL sends).
+ASSERTION_ALGORITHMS = {"RS256": ("x5t", "sha1"),
+                        "PS256": ("x5t#S256", "sha256")}
+
+# NOTE: a guess.  Entra ID's tolerance for clock skew is not documented;
+# five minutes is a common choice.
+CLOCK_SKEW = 300
+
+KEYS_HINT = ("Please visit the Azure Portal, Graph Explorer or directly use "
+             "MS Graph to see configured keys for app Id '%s'. Review the "
+             "documentation at https://docs.microsoft.com/en-us/graph/"
+             "api/application-get?view=graph-rest-1.0&tabs=http to learn "
+             "how to retrieve the details.")
 
 
 class TokenError(Exception):
@@ -42,6 +71,12 @@ def _missing(name):
     return TokenError(400, "invalid_request", 900144,
                       "The request body must contain the following "
                       "parameter: '%s'." % name)
+
+
+def match_discovery_path(path):
+    """Return the tenant segment of an OpenID discovery path, else None."""
+    match = DISCOVERY_PATH_RE.match(path)
+    return urllib.parse.unquote(match.group(1)) if match else None
 
 
 def match_token_path(path):
@@ -114,8 +149,8 @@ def _parse_form(request):
 def parse_form_for_log(body):
     """Return the form fields of a token request for the request log.
 
-    client_secret is replaced by "<redacted>".  Returns None when the body
-    is not a form.
+    client_secret and client_assertion are replaced by "<redacted>".
+    Returns None when the body is not a form.
     """
     try:
         pairs = urllib.parse.parse_qsl(body.decode("utf-8"),
@@ -125,10 +160,33 @@ def parse_form_for_log(body):
         return None
     form = {}
     for name, value in pairs:
-        if name == "client_secret":
+        if name in ("client_secret", "client_assertion"):
             value = "<redacted>"
         form.setdefault(name, []).append(value)
     return form
+
+
+def _b64url_json(part):
+    data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    value = json.loads(data.decode("utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def assertion_for_log(body):
+    """Return {"header", "claims"} of a token request's client assertion,
+    decoded without verification, or None.  The signature is left out,
+    so the log cannot be used to replay the assertion."""
+    try:
+        form = dict(urllib.parse.parse_qsl(body.decode("utf-8"),
+                                           keep_blank_values=True))
+        parts = form["client_assertion"].split(".")
+        return {"header": _b64url_json(parts[0]),
+                "claims": _b64url_json(parts[1])}
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError,
+            binascii.Error):
+        return None
 
 
 def _basic_credentials(request):
@@ -200,20 +258,157 @@ def _resource_v1(state, tenant, form):
     return resource
 
 
-def _check_client_assertion(app, form):
-    """Check a certificate credential (signed JWT) against app.
+def _invalid_signature(app, reason, thumbprint):
+    return TokenError(
+        401, "invalid_client", 700027,
+        "Client assertion contains an invalid signature. [Reason - %s, "
+        "Thumbprint of key used by client: '%s', %s]"
+        % (reason, thumbprint, KEYS_HINT % app["client_id"]))
 
-    The data model is in place: an app's "certificates" lists
-    {"sha1", "sha256", "pem", "expired"}, and the assertion's x5t or
-    x5t#S256 header picks one.
+
+def _thumbprint_hex(value):
+    """Decode an x5t or x5t#S256 header, padded or not, to upper hex."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return base64.urlsafe_b64decode(
+            value + "=" * (-len(value) % 4)).hex().upper()
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _find_certificate(app, header):
+    """Return (certificate record, algorithm) named by the JWT header."""
+    alg = header.get("alg")
+    if alg not in ASSERTION_ALGORITHMS:
+        # NOTE: a guess: code and wording for an unsupported algorithm,
+        # or for RS256 with x5t#S256 and PS256 with x5t, which nobody is
+        # known to send.
+        raise _invalid_signature(
+            app, "The algorithm '%s' is not supported." % alg, "")
+    name, digest = ASSERTION_ALGORITHMS[alg]
+    thumbprint = _thumbprint_hex(header.get(name))
+    if thumbprint is None:
+        raise _invalid_signature(app, "The key was not found.", "")
+    for cert in app.get("certificates", []):
+        if cert[digest].upper() == thumbprint:
+            if cert.get("expired"):
+                raise _invalid_signature(app, "The key used is expired.",
+                                         thumbprint)
+            return cert, alg
+    raise _invalid_signature(app, "The key was not found.", thumbprint)
+
+
+def _token_urls(request, tenant, is_v2):
+    """The audiences a client assertion may name: this endpoint's URL,
+    with the tenant as its id or any of its verified domains."""
+    host = request.headers.get("Host", "").lower()
+    suffix = "/oauth2/v2.0/token" if is_v2 else "/oauth2/token"
+    names = [tenant["id"]] + list(tenant.get("domains", []))
+    return {"https://%s/%s%s" % (host, name.lower(), suffix)
+            for name in names}
+
+
+def _audience_matches(aud, urls):
+    if not isinstance(aud, str):
+        return False
+    split = urllib.parse.urlsplit(aud)
+    normal = "https://%s%s" % (split.netloc.lower(), split.path.lower())
+    return split.scheme == "https" and normal in urls
+
+
+def _check_times(claims, now):
+    exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+    if not isinstance(exp, (int, float)) or not isinstance(nbf, (int, float)):
+        # NOTE: a guess: the reply to a missing or non-numeric exp.
+        raise TokenError(400, "invalid_request", 50027,
+                         "JWT token is invalid or malformed.")
+    if now > exp + CLOCK_SKEW or now + CLOCK_SKEW < nbf:
+        raise TokenError(
+            401, "invalid_client", 700024,
+            "Client assertion is not within its valid time range. Current "
+            "time: %s, assertion valid from %s, expiry time of assertion "
+            "%s. Review the documentation at https://docs.microsoft.com/"
+            "en-us/azure/active-directory/develop/"
+            "active-directory-certificate-credentials ."
+            % tuple(time.strftime("%Y-%m-%dT%H:%M:%S.0000000Z",
+                                  time.gmtime(t)) for t in (now, nbf, exp)))
+
+
+def _check_client_assertion(request, tenant, app, form, tokens, is_v2):
+    """Verify a certificate credential: a JWT signed with the private key
+    of a certificate registered for app (RFC 7523).
+
+    Checks, in order: the assertion type, the JWT form, the certificate
+    named by x5t (RS256) or x5t#S256 (PS256), the signature, aud (this
+    endpoint's URL), iss and sub (the client_id), the time range and that
+    the jti was not used before.
     """
-    # TODO: verify the assertion: client_assertion_type is ASSERTION_TYPE,
-    # RS256 with x5t or PS256 with x5t#S256, aud the token URL, iss and sub
-    # the client_id, exp in the future (AADSTS700024 otherwise) and the
-    # signature (AADSTS700027 otherwise).
-    raise TokenError(401, "invalid_client", 700027,
-                     "Client assertion is not supported by this fake "
-                     "service yet.")
+    if form.get("client_assertion_type") != ASSERTION_TYPE:
+        # NOTE: a guess: code and wording for a wrong assertion type.
+        raise TokenError(400, "invalid_request", 50012,
+                         "Client assertion type '%s' is not supported. Use "
+                         "'%s'." % (form.get("client_assertion_type", ""),
+                                    ASSERTION_TYPE))
+    assertion = form.get("client_assertion", "")
+    if not assertion:
+        raise _missing("client_assertion")
+    try:
+        header = jwt.get_unverified_header(assertion)
+    except jwt.PyJWTError:
+        raise TokenError(400, "invalid_request", 50027,
+                         "JWT token is invalid or malformed.") from None
+
+    cert, alg = _find_certificate(app, header)
+    public_key = x509.load_pem_x509_certificate(
+        cert["pem"].encode("ascii")).public_key()
+    try:
+        claims = jwt.decode(assertion, public_key, algorithms=[alg],
+                            options={"verify_exp": False,
+                                     "verify_nbf": False,
+                                     "verify_iat": False,
+                                     "verify_aud": False,
+                                     "verify_iss": False})
+    except jwt.InvalidSignatureError:
+        raise _invalid_signature(
+            app, "The provided signature value did not match the expected "
+            "signature value.", cert["sha1"].upper()) from None
+    except jwt.PyJWTError:
+        raise TokenError(400, "invalid_request", 50027,
+                         "JWT token is invalid or malformed.") from None
+
+    if not _audience_matches(claims.get("aud"),
+                             _token_urls(request, tenant, is_v2)):
+        raise TokenError(
+            401, "invalid_client", 700023,
+            "Client assertion audience claim does not match Realm issuer. "
+            "Review the documentation at https://docs.microsoft.com/en-us/"
+            "azure/active-directory/develop/"
+            "active-directory-certificate-credentials .")
+    client_id = app["client_id"].lower()
+    if (str(claims.get("iss", "")).lower() != client_id
+            or str(claims.get("sub", "")).lower() != client_id):
+        raise TokenError(
+            401, "invalid_client", 700021,
+            "Client assertion application identifier doesn't match "
+            "'client_id' parameter. Review the documentation at "
+            "https://docs.microsoft.com/en-us/azure/active-directory/"
+            "develop/active-directory-certificate-credentials .")
+    now = time.time()
+    _check_times(claims, now)
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        # NOTE: a guess: the reply to an assertion without a jti.
+        raise TokenError(400, "invalid_request", 50027,
+                         "JWT token is invalid or malformed.")
+    if not tokens.use_assertion(app["client_id"], jti,
+                                float(claims["exp"]) + CLOCK_SKEW):
+        # NOTE: a guess.  Replay protection is implied by the documented
+        # jti claim, but no capture of the reply was found.
+        raise TokenError(
+            401, "invalid_client", 50027,
+            "JWT token is invalid or malformed. The client assertion with "
+            "jti '%s' was already used." % jti)
 
 
 def _check_secret(app, secret):
@@ -238,9 +433,14 @@ def _check_secret(app, secret):
             % app["client_id"])
 
 
-def _authenticate(request, app, form, basic):
+def _authenticate(request, tenant, app, form, basic, tokens, is_v2):
     if "client_assertion" in form or "client_assertion_type" in form:
-        _check_client_assertion(app, form)
+        if "client_secret" in form or basic is not None:
+            # NOTE: a guess, as for two ways of sending a secret.
+            raise TokenError(400, "invalid_request", 90100,
+                             "A client secret and a client assertion were "
+                             "both sent; send one.")
+        _check_client_assertion(request, tenant, app, form, tokens, is_v2)
         return
     if basic is not None and "client_secret" in form:
         # NOTE: a guess.  RFC 6749 forbids two client authentication
@@ -313,12 +513,53 @@ def handle_token(request, state, tokens, fault):
             resource = _resource_v2(state, form)
         else:
             resource = _resource_v1(state, tenant, form)
-        _authenticate(request, app, form, basic)
+        _authenticate(request, tenant, app, form, basic, tokens, is_v2)
     except TokenError as e:
         return entra_error(request, e.status, e.error, e.code,
                            e.message), None
     return _issue(request, state, tokens, tenant, app, resource, is_v2,
                   fault)
+
+
+def handle_discovery(request, state):
+    """Serve the OpenID Connect discovery document of a tenant, which MSAL
+    reads to find the token endpoint.  The shape follows the real
+    document; the fake serves it for the v2.0 endpoints only."""
+    segment = match_discovery_path(request.path)
+    try:
+        if request.method != "GET":
+            raise TokenError(
+                400, "invalid_request", 900561,
+                "The endpoint only accepts GET requests. Received a %s "
+                "request." % request.method)
+        tenant = _find_tenant(state, segment)
+    except TokenError as e:
+        return entra_error(request, e.status, e.error, e.code, e.message)
+    host = request.headers.get("Host", "")
+    base = "https://%s/%s" % (host, tenant["id"])
+    body = {
+        "token_endpoint": base + "/oauth2/v2.0/token",
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": "https://%s/%s/discovery/v2.0/keys" % (host,
+                                                          tenant["id"]),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token",
+                                     "id_token token"],
+        "scopes_supported": ["openid", "profile", "email",
+                             "offline_access"],
+        "issuer": base + "/v2.0",
+        "request_uri_parameter_supported": False,
+        "authorization_endpoint": base + "/oauth2/v2.0/authorize",
+        "device_authorization_endpoint": base + "/oauth2/v2.0/devicecode",
+        "end_session_endpoint": base + "/oauth2/v2.0/logout",
+        "tenant_region_scope": "EU",
+        "cloud_instance_name": "microsoftonline.com",
+        "msgraph_host": "graph.microsoft.com",
+    }
+    return json_reply(200, body, base_headers(request))
 
 
 def token_is_valid(record, options, now=None):

@@ -7,6 +7,8 @@ Serves HTTPS on 127.0.0.1 only (port 0 picks a free port), writes the port
 to DIR/port and the CA certificate to trust to DIR/ca.pem.  Endpoints:
 
   POST /{tenant}/oauth2/v2.0/token        Entra ID v2 (and v1 without v2.0)
+  GET  /{tenant}/v2.0/.well-known/openid-configuration
+                                          Entra ID discovery (for MSAL)
   POST /v1.0/security/runHuntingQuery     Microsoft Graph
   POST /api/advancedhunting/run           Defender XDR advanced hunting
 
@@ -27,9 +29,16 @@ A fault in fake.json changes the replies of matching requests.  Keys:
   truncate       send the normal reply with a Content-Length larger than
                  the bytes sent, then close the connection
   drop           close the connection without a reply
+  reset          send the start of a reply, then reset the connection
+                 (TCP RST)
+  expire_token   expire the request's access token, then handle the
+                 request as usual (which answers 401)
   token          changes to tokens issued by the request: {"lifetime": s,
                  "expires_in_string": true, "expired_on_issue": true}
+  on_calls       apply only to these requests, numbered from 1 per
+                 endpoint (of all endpoints when endpoint is absent)
 Only the first fault that matches and has requests left applies.
+Discovery requests are never faulted.
 """
 
 import argparse
@@ -40,6 +49,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import traceback
@@ -51,7 +61,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import certs  # noqa: E402
-from entra import handle_token, match_token_path, parse_form_for_log  # noqa
+from entra import (assertion_for_log, handle_discovery,  # noqa: E402
+                   handle_token, match_discovery_path, match_token_path,
+                   parse_form_for_log)
 from fakestate import StateError, StateStore, TokenStore  # noqa: E402
 from hunting import handle_defender, handle_graph  # noqa: E402
 from replies import Reply, Request, json_reply, service_error  # noqa: E402
@@ -66,6 +78,8 @@ SOCKET_TIMEOUT = 60
 
 def classify(path, options):
     """Return the endpoint name for a request path, or None."""
+    if match_discovery_path(path) is not None:
+        return "discovery"
     token = match_token_path(path)
     if token is not None:
         if token[1] or options.get("v1_token_endpoint", True):
@@ -124,6 +138,7 @@ class RequestLog:
             # A token request body contains the client secret: keep only
             # the form fields, with the secret redacted.
             entry["form"] = parse_form_for_log(request.body)
+            entry["assertion"] = assertion_for_log(request.body)
             entry["issued_token"] = request.issued_token
         else:
             entry["body_b64"] = base64.b64encode(request.body).decode()
@@ -227,7 +242,11 @@ class Handler(BaseHTTPRequestHandler):
         request = Request(self.command, url.path, url.query, self.headers,
                           body, endpoint)
         fault = (server.store.take_fault(state, endpoint)
-                 if endpoint else None)
+                 if endpoint and endpoint != "discovery" else None)
+        if fault and fault.get("expire_token"):
+            _, _, token = request.headers.get("Authorization",
+                                              "").partition(" ")
+            server.tokens.expire(token.strip())
         try:
             reply = self._reply(request, state, fault)
         except StateError as e:
@@ -237,11 +256,24 @@ class Handler(BaseHTTPRequestHandler):
 
         # Log before replying: a client may exit, and its test read the
         # log, as soon as the reply arrives.
-        dropped = bool(fault and fault.get("drop"))
+        dropped = bool(fault and (fault.get("drop") or fault.get("reset")))
         server.log.append(request, None if dropped else reply.status, fault)
 
         if fault and fault.get("delay"):
             threading.Event().wait(float(fault["delay"]))
+        if fault and fault.get("reset"):
+            # Start the reply, so that the client cannot take the reset
+            # for a stale kept-alive connection and resend the request on
+            # its own (libcurl does), then reset: with linger 0, close()
+            # sends a TCP RST instead of a FIN.
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: "
+                                 b"4096\r\n\r\n{\"")
+                self.wfile.flush()
+            except (ConnectionError, ssl.SSLError, socket.timeout):
+                pass
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
         if dropped:
             self.close_connection = True
             return
@@ -257,6 +289,8 @@ class Handler(BaseHTTPRequestHandler):
                                          fault)
             request.issued_token = record["id"] if record else None
             return reply
+        if request.endpoint == "discovery":
+            return handle_discovery(request, state)
         if request.endpoint == "graph":
             return handle_graph(request, state, self.server.tokens)
         if request.endpoint == "defender":

@@ -78,7 +78,7 @@ DEFAULT_OPTIONS = {
 FAULT_KEYS = {
     "id", "endpoint", "count", "delay", "status", "headers", "body",
     "body_text", "content_type", "error", "empty", "truncate", "drop",
-    "token",
+    "token", "reset", "on_calls", "expire_token",
 }
 FAULT_TOKEN_KEYS = {"lifetime", "expires_in_string", "expired_on_issue"}
 ENDPOINTS = {"token", "graph", "defender"}
@@ -162,6 +162,12 @@ def _check_apps(state, where):
                      and isinstance(secret.get("value"), str),
                      "%s.secrets[%d]" % (at, j),
                      "must be an object with a string value")
+        for j, cert in enumerate(app.get("certificates", [])):
+            _require(isinstance(cert, dict) and all(
+                isinstance(cert.get(key), str)
+                for key in ("sha1", "sha256", "pem")),
+                "%s.certificates[%d]" % (at, j),
+                "must be an object with string sha1, sha256 and pem")
         roles = app.get("roles", {})
         _require(isinstance(roles, dict), at + ".roles",
                  "must be an object of resource to role list")
@@ -192,6 +198,10 @@ def _check_faults(state, where):
                  and not set(token) - FAULT_TOKEN_KEYS, at + ".token",
                  "must be an object with keys from %s"
                  % sorted(FAULT_TOKEN_KEYS))
+        calls = fault.get("on_calls")
+        _require(calls is None or (isinstance(calls, list) and all(
+            isinstance(n, int) and n >= 1 for n in calls)), at,
+            "on_calls must be a list of call numbers from 1")
 
 
 def _check_selection(state, where):
@@ -280,15 +290,33 @@ class StateStore:
         """Find the first fault for endpoint that has requests left.
 
         Counts the request against the fault and returns the fault, or
-        returns None.  Counters are kept in fault-counts.json, so they
-        survive a restart of the fake.
+        returns None.  A fault with "on_calls" applies only to those
+        calls: the numbers count the requests of its endpoint (of every
+        endpoint when it names none) from 1.  Counters are kept in
+        fault-counts.json, so they survive a restart of the fake.
         """
         counts_path = os.path.join(self.dir, COUNTS_FILE)
+        faults = state.get("faults", [])
         with self._lock:
             counts = None
-            for fault in state.get("faults", []):
+            calls = {}
+            if any("on_calls" in fault for fault in faults):
+                # Calls are counted per list of faults, so that a new list
+                # counts from 1 again.
+                generation = hashlib.sha256(" ".join(
+                    fault_key(f) for f in faults).encode()).hexdigest()[:16]
+                counts = _read_counts(counts_path)
+                for name in (endpoint, "*"):
+                    key = "calls:%s:%s" % (generation, name)
+                    counts[key] = counts.get(key, 0) + 1
+                    calls[name] = counts[key]
+                write_json_atomic(counts_path, counts)
+            for fault in faults:
                 only = fault.get("endpoint")
                 if only is not None and only != endpoint:
+                    continue
+                if ("on_calls" in fault
+                        and calls.get(only or "*") not in fault["on_calls"]):
                     continue
                 if counts is None:
                     counts = _read_counts(counts_path)
@@ -338,6 +366,8 @@ class TokenStore:
     def __init__(self):
         self._lock = threading.Lock()
         self._tokens = {}
+        # (client_id, jti) of client assertions seen, to their expiry.
+        self._assertions = {}
 
     def issue(self, tenant_id, client_id, resource, roles, lifetime,
               expired_on_issue=False):
@@ -381,3 +411,27 @@ class TokenStore:
         """Return the record of a token, or None for an unknown token."""
         with self._lock:
             return self._tokens.get(text)
+
+    def expire(self, text):
+        """Make a token expired from now on, as if its lifetime ran out."""
+        with self._lock:
+            record = self._tokens.get(text)
+            if record is not None:
+                record["exp"] = time.time() - 1
+
+    def use_assertion(self, client_id, jti, keep_until):
+        """Record the jti of a client assertion until keep_until (Unix
+        time), when the assertion can no longer be used anyway.
+
+        Returns False when the application used that jti before.
+        """
+        now = time.time()
+        with self._lock:
+            seen = self._assertions
+            for key in [k for k, until in seen.items() if until < now]:
+                del seen[key]
+            key = (client_id.lower(), jti)
+            if key in seen:
+                return False
+            seen[key] = float(keep_until)
+            return True

@@ -5,9 +5,9 @@
  * Input: one byte of output options (see fuzz_check_outputs()), one byte
  * giving the number of columns (1 to 8), one byte per column choosing its
  * service type, then a JSON array.  When the array's first element is an
- * array of strings, those are the column names; every other element that
- * is an array is a row, its values set with md_table_set_cell_json().  A
- * value the column rejects leaves the cell null.
+ * array of strings, those are the column names.  Every other element
+ * that is an array is a row, whose values md_table_set_cell_json() sets.
+ * A value the column rejects leaves the cell null.
  */
 #include <jansson.h>
 #include <stddef.h>
@@ -30,7 +30,7 @@ static const char *const fuzz_output_types[] = {
 #define FUZZ_OUTPUT_NTYPES \
     (sizeof(fuzz_output_types) / sizeof(fuzz_output_types[0]))
 
-/* Add the columns: names from names (a JSON array) where it holds a
+/* Add the columns: names from names (a JSON array) where it contains a
  * string, otherwise "c<index>".  Returns -1 when a column is rejected. */
 static int fuzz_output_columns(struct md_table *t, size_t ncolumns,
                                const unsigned *types, json_t *names)

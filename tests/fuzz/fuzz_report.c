@@ -174,12 +174,21 @@ static void fuzz_report_check_text(const struct md_buf *b, int allow_lf)
     }
 }
 
-/* HTML: a value can add no element or script. */
+/* HTML: a value can add no element or script, and every link goes to an
+ * https URL. */
 static void fuzz_report_check_html(const struct md_buf *b)
 {
+    static const char href[] = "href=\"";
+    const char *p = b->data;
+    const char *end = b->data + b->len;
+
     FUZZ_CHECK(!fuzz_report_contains_ci(b->data, b->len, "<script"));
-    FUZZ_CHECK(!fuzz_report_contains_ci(b->data, b->len, "javascript:"));
     FUZZ_CHECK(!fuzz_report_contains_ci(b->data, b->len, "<img"));
+    while ((p = memmem(p, (size_t)(end - p), href, sizeof(href) - 1))
+           != NULL) {
+        p += sizeof(href) - 1;
+        FUZZ_CHECK((size_t)(end - p) > 8 && memcmp(p, "https://", 8) == 0);
+    }
 }
 
 /*

@@ -104,7 +104,7 @@ static inline void fuzz_check_csv(const struct md_table *t,
 }
 
 /*
- * The text table reaches terminals, so it must hold no control character
+ * The text table reaches terminals, so it must contain no control character
  * other than LF, no C1 control and no bidirectional formatting character
  * (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069) and no line or
  * paragraph separator (U+2028, U+2029).

@@ -11,7 +11,7 @@
 #include "fuzz_common.h"
 #include "mdhunt/auth.h"
 
-/* Longest expires_in the parser accepts, in seconds (one year). */
+/* Maximum expires_in the parser accepts, in seconds (one year). */
 #define FUZZ_EXPIRES_IN_MAX 31536000
 
 /*

@@ -10,6 +10,7 @@ with a timeout.
 import base64
 import collections
 import datetime
+import hashlib
 import json
 import os
 import random
@@ -185,6 +186,15 @@ class FakeCloud:
         self.state["options"].update(options)
         self.write_state()
 
+    def add_certificate(self, cert, client_id=CLIENT_ID, expired=False):
+        """Register a client_certificate() with an app of the state."""
+        for app in self.state["apps"]:
+            if app["client_id"] == client_id:
+                app.setdefault("certificates", []).append(
+                    {"sha1": cert["sha1"], "sha256": cert["sha256"],
+                     "pem": cert["pem"], "expired": expired})
+        self.write_state()
+
     def revoke_tokens(self):
         """Make every token issued so far invalid."""
         self.set_options(tokens_revoked_before=time.time())
@@ -255,6 +265,118 @@ def server_error_fault(endpoint, count=None):
         error = {"code": "InternalServerError",
                  "message": "An unexpected error occurred."}
     return fault(endpoint, count, status=500, error=error)
+
+
+# Faults that a retry gets past, by kind, for fault_script().  "delay"
+# is longer than the timeout the scripted tests configure.
+RETRYABLE_KINDS = ("throttle", "server_error", "reset", "delay", "truncate",
+                   "not_json", "expired_token")
+SCRIPT_TIMEOUT = 3
+SCRIPT_DELAY = 4
+
+
+def retryable_fault(kind, endpoint, count=None):
+    """A fault of one of RETRYABLE_KINDS for a hunting endpoint."""
+    if kind == "throttle":
+        return throttle_fault(endpoint, retry_after=1, count=count)
+    if kind == "server_error":
+        return server_error_fault(endpoint, count)
+    if kind == "reset":
+        return fault(endpoint, count, reset=True)
+    if kind == "delay":
+        return fault(endpoint, count, delay=SCRIPT_DELAY)
+    if kind == "truncate":
+        return fault(endpoint, count, truncate=True)
+    if kind == "not_json":
+        return fault(endpoint, count, status=200,
+                     body_text="<html><body>Service Unavailable</body>"
+                               "</html>")
+    if kind == "expired_token":
+        return fault(endpoint, count, expire_token=True)
+    raise ValueError("unknown fault kind %r" % kind)
+
+
+def fault_script(seed, endpoint, calls, rate=0.3, kinds=RETRYABLE_KINDS,
+                 max_run=3):
+    """Pick faults for calls 1..calls of endpoint from a seeded generator.
+
+    Each call is hit with probability rate, by a kind drawn from kinds.
+    No more than max_run calls in a row are hit, so that a client with
+    more retries than that always gets through, and an expired token
+    never follows an expired token (a client retries a 401 once).
+    Returns (faults for FakeCloud.set_faults, {call number: kind}).
+    """
+    rng = random.Random(seed)
+    plan = {}
+    run = 0
+    for call in range(1, calls + 1):
+        if run >= max_run or rng.random() >= rate:
+            run = 0
+            continue
+        kind = rng.choice(kinds)
+        if kind == "expired_token" and plan.get(call - 1) == kind:
+            kind = "server_error"
+        plan[call] = kind
+        run += 1
+    faults = []
+    for kind in sorted(set(plan.values())):
+        entry = retryable_fault(kind, endpoint)
+        entry["on_calls"] = sorted(c for c, k in plan.items() if k == kind)
+        faults.append(entry)
+    return faults, plan
+
+
+def client_certificate(directory, name="mdhunt", key_size=2048,
+                       passphrase=None, days=30, combined=False):
+    """Make an RSA key and a self-signed certificate for an app.
+
+    Writes NAME-key.pem (encrypted with passphrase when given) and
+    NAME-cert.pem, or one NAME.pem holding both when combined.  Returns a
+    dict: cert_file, key_file, pem (the certificate), sha1, sha256 (hex
+    thumbprints of the DER form).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .sign(key, hashes.SHA256()))
+    encryption = (serialization.BestAvailableEncryption(
+        passphrase.encode("utf-8")) if passphrase
+        else serialization.NoEncryption())
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                encryption)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    if combined:
+        cert_file = key_file = os.path.join(directory, name + ".pem")
+        _write_private(cert_file, cert_pem + key_pem)
+    else:
+        cert_file = os.path.join(directory, name + "-cert.pem")
+        key_file = os.path.join(directory, name + "-key.pem")
+        _write_private(key_file, key_pem)
+        with open(cert_file, "wb") as f:
+            f.write(cert_pem)
+    return {"cert_file": cert_file, "key_file": key_file,
+            "pem": cert_pem.decode("ascii"),
+            "sha1": hashlib.sha1(der).hexdigest().upper(),
+            "sha256": hashlib.sha256(der).hexdigest().upper()}
+
+
+def _write_private(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _ticks(instant, rng):
@@ -328,13 +450,19 @@ def write_secret(path, secret=SECRET):
 def config_text(fake, backend, secret_file=None, tenant=TENANT_ID,
                 client_id=CLIENT_ID, ca_file=None, timeout=10,
                 connect_timeout=5, url=None, authority_url=None,
-                extra=""):
+                extra="", certificate_file=None, private_key_file=None,
+                passphrase_file=None, assertion_alg=None):
     """Return an mdhunt INI configuration for the fake and backend.
 
-    A value of None leaves its key out.  extra is appended as it is.
+    A value of None leaves its key out.  extra is appended as it is,
+    right after the [api] keys.
     """
     auth = [("tenant_id", tenant), ("client_id", client_id),
             ("client_secret_file", secret_file),
+            ("certificate_file", certificate_file),
+            ("private_key_file", private_key_file),
+            ("passphrase_file", passphrase_file),
+            ("assertion_alg", assertion_alg),
             ("authority_url", authority_url or fake.url)]
     api = [("backend", backend), ("url", url or fake.url),
            ("ca_file", ca_file or fake.ca_file),

@@ -15,8 +15,13 @@ TLS modes (--tls):
 
 Each accepted message is saved into --save-dir as NNNN.eml (the bytes
 received after DATA, dot-unstuffed) and NNNN.json (envelope sender,
-recipients, whether TLS was on, the user that logged in).  The server
-stops on SIGTERM or SIGINT, and after --lifetime seconds in any case.
+recipients, whether TLS was on, the user that logged in).  Numbering
+continues after the files already there, so a restarted server keeps
+the earlier messages.  With --delay-data the server saves a message and
+then waits before it replies to DATA, which lets a test kill the client
+while the server holds the message but the client has no reply yet.
+The server stops on SIGTERM or SIGINT, and after --lifetime seconds in
+any case.
 
 Usage from a test:
   /usr/bin/python3 tests/smtp/smtpserver.py --port-file DIR/port \\
@@ -139,7 +144,8 @@ class Handler:
 
     def __init__(self, args):
         self.args = args
-        self.count = 0
+        self.count = last_saved_number(args.save_dir)
+        self.delayed = 0
 
     async def handle_MAIL(self, server, session, envelope, address,
                           mail_options):
@@ -174,7 +180,21 @@ class Handler:
             write_atomically(base + ".eml", envelope.original_content)
             write_atomically(base + ".json",
                              json.dumps(info, indent=1).encode("utf-8"))
+        if self.args.delay_data > 0 and (
+                self.args.delay_count == 0
+                or self.delayed < self.args.delay_count):
+            self.delayed += 1
+            await asyncio.sleep(self.args.delay_data)
         return "250 2.0.0 OK message accepted"
+
+
+def last_saved_number(directory):
+    """Return the highest NNNN of the NNNN.eml files in directory, or 0."""
+    if not directory or not os.path.isdir(directory):
+        return 0
+    numbers = [int(name[:-4]) for name in os.listdir(directory)
+               if name.endswith(".eml") and name[:-4].isdigit()]
+    return max(numbers, default=0)
 
 
 def make_authenticator(user, password):
@@ -208,6 +228,11 @@ def parse_args(argv):
     p.add_argument("--fail-data", help="reply code for the end of DATA")
     p.add_argument("--reject-rcpt", action="append", default=[],
                    help="reply 550 to RCPT for this address (repeatable)")
+    p.add_argument("--delay-data", type=float, default=0.0,
+                   help="seconds to wait, after saving a message, before "
+                        "the reply to DATA")
+    p.add_argument("--delay-count", type=int, default=0,
+                   help="delay only the first N messages (0: every one)")
     p.add_argument("--lifetime", type=float, default=120.0,
                    help="seconds after which the server stops on its own")
     args = p.parse_args(argv)

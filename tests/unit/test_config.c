@@ -366,7 +366,7 @@ static const struct bad_case bad_cases[] = {
     { "", "[auth]", "tenant_id = -bad.example.com", "verified domain" },
     { "", "[auth]", "client_id = not-a-guid", "GUID" },
     { "", "[auth]", "client_id = " GUID_A "0", "GUID" },
-    { "", "[auth]", "cloud = usgov", "expected public" },
+    { "", "[auth]", "cloud = azure", "expected public" },
     { "", "[auth]", "authority_url = login.example.com", "https://" },
     { "[mail]", "smtp_url = smtps://h", "from = not an address",
       "mail address" },

@@ -12,6 +12,7 @@
 
 #include "mdhunt/buf.h"
 #include "mdhunt/diff.h"
+#include "mdhunt/exclusions.h"
 #include "mdhunt/log.h"
 #include "mdhunt/store.h"
 
@@ -431,7 +432,7 @@ static void test_first_run_is_baseline(void **state)
     assert_true(d.baseline);
     assert_int_equal(d.event_counts[MD_EVENT_BASELINE], 2);
     assert_int_equal(d.event_counts[MD_EVENT_NEW], 0);
-    assert_false(md_diff_is_newsworthy(&d) == 0);
+    assert_true(md_diff_is_newsworthy(&d));
     md_diff_free(&d);
     md_rule_state_free(&prev);
     md_table_free(t);
@@ -731,14 +732,18 @@ static void test_diff_json_shape(void **state)
     rd.run.due = BASE;
     rd.run.unchanged_count = 4;
     rd.rule_name = "Remote tools";
-    events[0] = (struct md_event){ MD_EVENT_NEW, "d1", "{\"DeviceId\":\"d1\"}",
-                                   BASE, MD_STORE_TIME_NONE, 0, NULL, NULL,
-                                   NULL };
-    events[1] = (struct md_event){ MD_EVENT_RETURNED, "d2", NULL, BASE,
-                                   BASE - 40 * DAY, 40, NULL, NULL, NULL };
-    events[2] = (struct md_event){ MD_EVENT_TRACKED, "d3", "{}", BASE,
-                                   MD_STORE_TIME_NONE, 0, NULL, NULL,
-                                   "AnyDesk" };
+    events[0] = (struct md_event){ .kind = MD_EVENT_NEW, .key = "d1",
+                                   .row_json = "{\"DeviceId\":\"d1\"}",
+                                   .first_seen = BASE,
+                                   .last_seen = MD_STORE_TIME_NONE };
+    events[1] = (struct md_event){ .kind = MD_EVENT_RETURNED, .key = "d2",
+                                   .first_seen = BASE,
+                                   .last_seen = BASE - 40 * DAY,
+                                   .days_away = 40 };
+    events[2] = (struct md_event){ .kind = MD_EVENT_TRACKED, .key = "d3",
+                                   .row_json = "{}", .first_seen = BASE,
+                                   .last_seen = MD_STORE_TIME_NONE,
+                                   .value = "AnyDesk" };
     rd.events = events;
     rd.nevents = 3;
     md_error_clear(&err);
@@ -772,6 +777,420 @@ static void test_diff_json_shape(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             row, "mdhunt_event")), "tracked");
     json_decref(doc);
+}
+
+/* ---- Exclusions ---------------------------------------------------------- */
+
+/* Load an exclusions file for rule "R1"; entries expire as written. */
+static struct md_exclusions *exclusions(const char *text)
+{
+    struct md_exclusions_options o;
+    struct md_exclusions *x = NULL;
+    struct md_error err;
+
+    memset(&o, 0, sizeof(o));
+    o.now = BASE;
+    md_error_clear(&err);
+    if (md_exclusions_load_buffer("ex.yaml", text, strlen(text), &o, &x,
+                                  &err) != 0)
+        fail_msg("md_exclusions_load_buffer: %s", err.message);
+    return x;
+}
+
+/* One entry of rule R1 excluding DeviceId d1 until 2025-01-31. */
+#define EXCLUDE_D1 \
+    "- id: vendor-laptop\n  rule: R1\n  reason: approved in CHG-1\n" \
+    "  owner: soc@example.org\n  expires: 2025-01-31\n  DeviceId: d1\n"
+
+/* 2025-02-01T00:00:00Z, when EXCLUDE_D1 stops applying. */
+#define EXCLUDE_D1_END (BASE + 31 * DAY)
+
+static void test_excluded_key_not_new(void **state)
+{
+    struct md_diff_options o = make_options();
+    struct md_table *t = make_table(DEVICE_COLUMNS);
+    struct md_exclusions *x = exclusions(EXCLUDE_D1);
+    struct md_rule_state prev;
+    const struct md_event *ev;
+    struct md_diff d;
+
+    (void)state;
+    known_state(&prev);
+    add_prev(&prev, "d0", "d0", "PC0", 1, BASE);
+    add_row(t, "[\"d1\", \"PC1\"]");
+    add_row(t, "[\"d2\", \"PC2\"]");
+    o.exclusions = x;
+    compute(&o, t, &prev, BASE + DAY, HASH_A, &d);
+
+    assert_int_equal(d.event_counts[MD_EVENT_NEW], 1);
+    assert_non_null(find_event(&d, MD_EVENT_NEW, "d2"));
+    assert_int_equal(d.event_counts[MD_EVENT_EXCLUDED], 1);
+    ev = find_event(&d, MD_EVENT_EXCLUDED, "d1");
+    assert_non_null(ev);
+    assert_string_equal(ev->exclusion_id, "vendor-laptop");
+    assert_string_equal(ev->exclusion_reason, "approved in CHG-1");
+    assert_string_equal(ev->exclusion_owner, "soc@example.org");
+    assert_int_equal(ev->exclusion_expires, EXCLUDE_D1_END);
+    assert_true(ev->first_excluded);
+    assert_string_equal(find_entity(&d, "d1")->excluded_by, "vendor-laptop");
+    assert_null(find_entity(&d, "d2")->excluded_by);
+    assert_true(md_diff_is_newsworthy(&d));
+    md_diff_free(&d);
+    md_rule_state_free(&prev);
+    md_table_free(t);
+    md_exclusions_free(x);
+}
+
+static void test_only_excluded_not_newsworthy(void **state)
+{
+    struct md_diff_options o = make_options();
+    struct md_table *t = make_table(DEVICE_COLUMNS);
+    struct md_exclusions *x = exclusions(EXCLUDE_D1);
+    struct md_rule_state prev;
+    struct md_diff d;
+
+    (void)state;
+    known_state(&prev);
+    add_row(t, "[\"d1\", \"PC1\"]");
+    o.exclusions = x;
+    compute(&o, t, &prev, BASE + DAY, HASH_A, &d);
+
+    assert_int_equal(d.event_counts[MD_EVENT_EXCLUDED], 1);
+    assert_int_equal(md_diff_is_newsworthy(&d), 0);
+    md_diff_free(&d);
+    md_rule_state_free(&prev);
+    md_table_free(t);
+    md_exclusions_free(x);
+}
+
+static void test_partly_excluded_key_reported(void **state)
+{
+    struct md_diff_options o = make_options();
+    struct md_table *t = make_table(DEVICE_COLUMNS ",Signer:String");
+    struct md_exclusions *x;
+    struct md_rule_state prev;
+    struct md_diff d;
+
+    (void)state;
+    x = exclusions("- id: zoho\n  rule: \"*\"\n  reason: r\n  owner: o\n"
+                   "  expires: 2025-01-31\n  Signer: Zoho Corp\n");
+    known_state(&prev);
+    add_row(t, "[\"d1\", \"PC1\", \"Zoho Corp\"]");
+    add_row(t, "[\"d1\", \"PC1\", \"Evil Inc\"]");
+    add_row(t, "[\"d2\", \"PC2\", \"ZOHO CORP\"]");
+    o.exclusions = x;
+    compute(&o, t, &prev, BASE + DAY, HASH_A, &d);
+
+    assert_non_null(find_event(&d, MD_EVENT_NEW, "d1"));
+    assert_non_null(find_event(&d, MD_EVENT_EXCLUDED, "d2"));
+    assert_int_equal(d.event_counts[MD_EVENT_EXCLUDED], 1);
+    md_diff_free(&d);
+    md_rule_state_free(&prev);
+    md_table_free(t);
+    md_exclusions_free(x);
+}
+
+/* A state whose entity d1 EXCLUDE_D1 excluded in run 1. */
+static void excluded_state(struct md_rule_state *prev)
+{
+    struct md_entity *e;
+
+    known_state(prev);
+    add_prev(prev, "d1", "d1", "PC1", 1, BASE);
+    e = &prev->entities[prev->nentities - 1];
+    e->excluded_by = strdup("vendor-laptop");
+    e->exclusion_reason = strdup("approved in CHG-1");
+    e->exclusion_owner = strdup("soc@example.org");
+    e->exclusion_expires = EXCLUDE_D1_END;
+}
+
+static void test_expiry_uncovers_key(void **state)
+{
+    struct md_diff_options o = make_options();
+    struct md_table *t = make_table(DEVICE_COLUMNS);
+    struct md_exclusions *x = exclusions(EXCLUDE_D1);
+    struct md_rule_state prev;
+    const struct md_event *ev;
+    struct md_diff d;
+
+    (void)state;
+    excluded_state(&prev);
+    add_row(t, "[\"d1\", \"PC1\"]");
+    o.exclusions = x;
+
+    /* The last instant of the expiry day still excludes. */
+    compute(&o, t, &prev, EXCLUDE_D1_END - 1, HASH_A, &d);
+    ev = find_event(&d, MD_EVENT_EXCLUDED, "d1");
+    assert_non_null(ev);
+    assert_false(ev->first_excluded);
+    md_diff_free(&d);
+
+    compute(&o, t, &prev, EXCLUDE_D1_END, HASH_A, &d);
+    assert_int_equal(d.event_counts[MD_EVENT_EXCLUDED], 0);
+    assert_int_equal(d.event_counts[MD_EVENT_NEW], 0);
+    ev = find_event(&d, MD_EVENT_UNCOVERED, "d1");
+    assert_non_null(ev);
+    assert_string_equal(ev->exclusion_id, "vendor-laptop");
+    assert_string_equal(ev->exclusion_owner, "soc@example.org");
+    assert_int_equal(ev->exclusion_expires, EXCLUDE_D1_END);
+    assert_null(find_entity(&d, "d1")->excluded_by);
+    assert_true(md_diff_is_newsworthy(&d));
+    md_diff_free(&d);
+    md_rule_state_free(&prev);
+    md_table_free(t);
+    md_exclusions_free(x);
+}
+
+static void test_excluded_entity_never_gone(void **state)
+{
+    struct md_diff_options o = make_options();
+    struct md_table *t = make_table(DEVICE_COLUMNS);
+    struct md_rule_state prev;
+    struct md_diff d;
+
+    (void)state;
+    excluded_state(&prev);
+    add_prev(&prev, "d2", "d2", "PC2", 1, BASE);
+    add_row(t, "[\"d3\", \"PC3\"]");
+    compute(&o, t, &prev, BASE + DAY, HASH_A, &d);
+
+    assert_non_null(find_event(&d, MD_EVENT_GONE, "d2"));
+    assert_null(find_event(&d, MD_EVENT_GONE, "d1"));
+    md_diff_free(&d);
+    md_rule_state_free(&prev);
+    md_table_free(t);
+}
+
+static void test_missing_column_uncovers_key(void **state)
+{
+    struct md_diff_options o = make_options();
+    struct md_table *t = make_table(DEVICE_COLUMNS);
+    struct md_exclusions *x;
+    struct md_rule_state prev;
+    struct md_diff d;
+
+    (void)state;
+    /* The rule's query no longer returns Signer. */
+    x = exclusions("- id: vendor-laptop\n  rule: R1\n  reason: r\n"
+                   "  owner: o\n  expires: 2025-01-31\n"
+                   "  Signer: Zoho Corp\n");
+    excluded_state(&prev);
+    add_row(t, "[\"d1\", \"PC1\"]");
+    o.exclusions = x;
+    compute(&o, t, &prev, BASE + DAY, HASH_B, &d);
+
+    assert_int_equal(d.nexclusion_issues, 1);
+    assert_string_equal(d.exclusion_issues[0].entry_id, "vendor-laptop");
+    assert_non_null(strstr(d.exclusion_issues[0].message, "Signer"));
+    assert_non_null(find_event(&d, MD_EVENT_UNCOVERED, "d1"));
+    assert_int_equal(d.event_counts[MD_EVENT_BASELINE], 0);
+    md_diff_free(&d);
+    md_rule_state_free(&prev);
+    md_table_free(t);
+    md_exclusions_free(x);
+}
+
+static void test_diff_json_lists_exclusions(void **state)
+{
+    struct md_run_diff rd;
+    struct md_event events[2];
+    struct md_exclusion_issue issue = { "e9", "ex.yaml:3: no column" };
+    struct md_error err;
+    json_t *doc;
+    json_t *row;
+    json_t *entry;
+
+    (void)state;
+    memset(&rd, 0, sizeof(rd));
+    memset(events, 0, sizeof(events));
+    rd.run = make_run(8, BASE, HASH_A);
+    rd.run.status = MD_RUN_OK;
+    rd.run.rule_id = "R1";
+    events[0].kind = MD_EVENT_EXCLUDED;
+    events[0].key = "d1";
+    events[0].row_json = "{\"DeviceId\":\"d1\"}";
+    events[0].first_seen = BASE;
+    events[0].exclusion_id = "vendor-laptop";
+    events[0].exclusion_reason = "approved";
+    events[0].exclusion_owner = "soc@example.org";
+    events[0].exclusion_expires = EXCLUDE_D1_END;
+    events[0].first_excluded = 1;
+    events[1] = events[0];
+    events[1].kind = MD_EVENT_UNCOVERED;
+    events[1].key = "d2";
+    events[1].row_json = "{\"DeviceId\":\"d2\"}";
+    rd.events = events;
+    rd.nevents = 2;
+    rd.exclusion_issues = &issue;
+    rd.nexclusion_issues = 1;
+    md_error_clear(&err);
+
+    doc = md_diff_json(&rd, &err);
+    assert_non_null(doc);
+    assert_int_equal(json_array_size(json_object_get(doc, "new")), 0);
+    row = json_array_get(json_object_get(doc, "excluded"), 0);
+    assert_string_equal(json_string_value(json_object_get(row, "DeviceId")),
+                        "d1");
+    assert_true(json_is_true(json_object_get(row, "mdhunt_first_excluded")));
+    entry = json_object_get(row, "mdhunt_exclusion");
+    assert_string_equal(json_string_value(json_object_get(entry, "id")),
+                        "vendor-laptop");
+    assert_string_equal(json_string_value(json_object_get(entry, "reason")),
+                        "approved");
+    assert_string_equal(json_string_value(json_object_get(entry, "owner")),
+                        "soc@example.org");
+    assert_string_equal(json_string_value(json_object_get(entry, "expires")),
+                        "2025-01-31");
+    row = json_array_get(json_object_get(doc, "uncovered"), 0);
+    assert_string_equal(json_string_value(json_object_get(row, "DeviceId")),
+                        "d2");
+    assert_null(json_object_get(row, "mdhunt_first_excluded"));
+    entry = json_array_get(json_object_get(doc, "exclusion_issues"), 0);
+    assert_string_equal(json_string_value(json_object_get(entry, "entry")),
+                        "e9");
+    json_decref(doc);
+}
+
+/* Record a run of R1 at started through the store; returns its id. */
+static int64_t record(struct md_store *st, const struct md_exclusions *x,
+                      struct md_table *t, md_instant started)
+{
+    struct md_diff_options o = make_options();
+    struct md_run_start start;
+    struct md_error err;
+    int64_t run_id;
+
+    memset(&start, 0, sizeof(start));
+    start.rule_id = "R1";
+    start.query = "q";
+    start.query_hash = HASH_A;
+    start.backend = "graph";
+    start.exclusions_hash = x != NULL ? x->hash : NULL;
+    start.due = started;
+    start.started = started;
+    o.exclusions = x;
+    o.first_run = MD_FIRST_RUN_REPORT;
+    md_error_clear(&err);
+    if (md_store_run_begin(st, &start, &run_id, &err) != 0 ||
+        md_diff_record_run(st, run_id, t, &o, started + HOUR, MD_SEND_NEW,
+                           NULL, NULL, &err) != 0)
+        fail_msg("%s", err.message);
+    return run_id;
+}
+
+static void load_run(struct md_store *st, int64_t run_id,
+                     struct md_run_diff *rd)
+{
+    struct md_error err;
+
+    md_error_clear(&err);
+    if (md_store_run_diff(st, run_id, rd, &err) != 0)
+        fail_msg("%s", err.message);
+}
+
+static void test_exclusions_stored_and_uncovered_once(void **state)
+{
+    char dir[] = "/tmp/mdhunt-excl-XXXXXX";
+    char path[96];
+    struct md_store *st = NULL;
+    struct md_exclusions *x = exclusions(EXCLUDE_D1);
+    struct md_table *t = make_table(DEVICE_COLUMNS);
+    struct md_run_diff rd;
+    struct md_error err;
+    int64_t run_id;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/mdhunt.db", dir);
+    md_error_clear(&err);
+    assert_int_equal(md_store_open(path, 0, &st, &err), 0);
+    add_row(t, "[\"d1\", \"PC1\"]");
+    add_row(t, "[\"d2\", \"PC2\"]");
+
+    run_id = record(st, x, t, BASE);
+    load_run(st, run_id, &rd);
+    assert_string_equal(rd.run.exclusions_hash, x->hash);
+    assert_int_equal(rd.run.event_counts[MD_EVENT_NEW], 1);
+    assert_int_equal(rd.run.event_counts[MD_EVENT_EXCLUDED], 1);
+    for (size_t i = 0; i < rd.nevents; i++) {
+        if (rd.events[i].kind != MD_EVENT_EXCLUDED)
+            continue;
+        assert_string_equal(rd.events[i].key, "d1");
+        assert_string_equal(rd.events[i].exclusion_id, "vendor-laptop");
+        assert_string_equal(rd.events[i].exclusion_reason,
+                            "approved in CHG-1");
+        assert_int_equal(rd.events[i].exclusion_expires, EXCLUDE_D1_END);
+        assert_true(rd.events[i].first_excluded);
+    }
+    md_run_diff_clear(&rd);
+
+    run_id = record(st, x, t, BASE + DAY);
+    load_run(st, run_id, &rd);
+    assert_int_equal(rd.run.event_counts[MD_EVENT_EXCLUDED], 1);
+    assert_false(rd.events[0].first_excluded);
+    md_run_diff_clear(&rd);
+
+    run_id = record(st, x, t, EXCLUDE_D1_END);
+    load_run(st, run_id, &rd);
+    assert_int_equal(rd.run.event_counts[MD_EVENT_UNCOVERED], 1);
+    assert_int_equal(rd.run.event_counts[MD_EVENT_EXCLUDED], 0);
+    assert_string_equal(rd.events[0].exclusion_id, "vendor-laptop");
+    assert_string_equal(rd.events[0].exclusion_owner, "soc@example.org");
+    md_run_diff_clear(&rd);
+
+    run_id = record(st, x, t, EXCLUDE_D1_END + DAY);
+    load_run(st, run_id, &rd);
+    assert_int_equal(rd.nevents, 0);
+    assert_int_equal(rd.run.unchanged_count, 2);
+    md_run_diff_clear(&rd);
+
+    md_store_close(st);
+    md_table_free(t);
+    md_exclusions_free(x);
+    snprintf(path, sizeof(path), "%s/mdhunt.db", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/mdhunt.db-wal", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/mdhunt.db-shm", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+static void test_exclusion_issue_stored(void **state)
+{
+    char dir[] = "/tmp/mdhunt-excl-XXXXXX";
+    char path[96];
+    struct md_store *st = NULL;
+    struct md_exclusions *x;
+    struct md_table *t = make_table(DEVICE_COLUMNS);
+    struct md_run_diff rd;
+    struct md_error err;
+
+    (void)state;
+    x = exclusions("- id: by-signer\n  rule: R1\n  reason: r\n  owner: o\n"
+                   "  expires: 2025-01-31\n  Signer: Zoho Corp\n");
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/mdhunt.db", dir);
+    md_error_clear(&err);
+    assert_int_equal(md_store_open(path, 0, &st, &err), 0);
+    add_row(t, "[\"d1\", \"PC1\"]");
+
+    load_run(st, record(st, x, t, BASE), &rd);
+    assert_int_equal(rd.nexclusion_issues, 1);
+    assert_string_equal(rd.exclusion_issues[0].entry_id, "by-signer");
+    assert_non_null(strstr(rd.exclusion_issues[0].message, "ex.yaml:6: "));
+    md_run_diff_clear(&rd);
+
+    md_store_close(st);
+    md_table_free(t);
+    md_exclusions_free(x);
+    snprintf(path, sizeof(path), "%s/mdhunt.db", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/mdhunt.db-wal", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/mdhunt.db-shm", dir);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* ---- A long simulated history -------------------------------------------- */
@@ -1350,6 +1769,15 @@ int main(void)
         cmocka_unit_test(test_tracked_value_reported),
         cmocka_unit_test(test_device_name_key_ignores_case),
         cmocka_unit_test(test_diff_json_shape),
+        cmocka_unit_test(test_excluded_key_not_new),
+        cmocka_unit_test(test_only_excluded_not_newsworthy),
+        cmocka_unit_test(test_partly_excluded_key_reported),
+        cmocka_unit_test(test_expiry_uncovers_key),
+        cmocka_unit_test(test_excluded_entity_never_gone),
+        cmocka_unit_test(test_missing_column_uncovers_key),
+        cmocka_unit_test(test_diff_json_lists_exclusions),
+        cmocka_unit_test(test_exclusions_stored_and_uncovered_once),
+        cmocka_unit_test(test_exclusion_issue_stored),
         cmocka_unit_test(test_history_matches_model),
     };
 
