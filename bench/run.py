@@ -14,6 +14,7 @@ BENCHMARKS.md and every sample to WORK/results.json.
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -181,11 +182,10 @@ def write_config(path, server, paths, rules, store, api_extra=()):
 
 
 def remove_store(path):
-    for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
-        try:
-            os.unlink(path + suffix)
-        except FileNotFoundError:
-            pass
+    """Remove a store and the files mdhunt keeps beside it (-wal, -shm,
+    .lock, the rate budget's file)."""
+    for name in glob.glob(glob.escape(path) + "*"):
+        os.unlink(name)
 
 
 def copy_store(template, path):
@@ -296,10 +296,10 @@ def write_secret(path):
         f.write(serve.SECRET)
 
 
-def prepare_data(paths, mdhunt):
+def prepare_data(paths, mdhunt, force=False):
     """Generate replies, rules and the pre-filled stores, unless today's
     are present."""
-    if data_is_current(paths):
+    if not force and data_is_current(paths):
         log("reusing the data in %s (generated today)" % paths.data)
         return
     log("generating the data in %s" % paths.data)
@@ -347,6 +347,11 @@ def prepare_data(paths, mdhunt):
                    "entities": sum(counts.values()),
                    "start_rule_entities": counts[START_RULE_ID],
                    "reply_bytes": size}, f)
+
+
+def check_store(paths, mdhunt):
+    with Server(paths.state, paths.reply_empty) as server:
+        return check_store_readable(paths, mdhunt, server)
 
 
 def check_store_readable(paths, mdhunt, server):
@@ -639,6 +644,10 @@ def scenario_idle(paths, mdhunt, server, windows, seconds):
 
 # ---- Machine ----------------------------------------------------------------
 
+def load_average():
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
 def command_line(args):
     try:
         done = subprocess.run(args, stdin=subprocess.DEVNULL,
@@ -746,15 +755,23 @@ def main(argv=None):
     started = time.monotonic()
     results = {"started": datetime.datetime.now(datetime.timezone.utc)
                .isoformat(timespec="seconds"), "runs": args.runs,
-               "machine": machine(mdhunt)}
+               "machine": machine(mdhunt),
+               "load": {"start": load_average()}}
     try:
         prepare_data(paths, mdhunt)
+        try:
+            results["store_check"] = check_store(paths, mdhunt)
+        except BenchError as e:
+            # A store made by an older mdhunt needs an upgrade, which
+            # must not be timed: make the data again with this one.
+            log("the pre-filled store does not suit this mdhunt (%s); "
+                "generating the data again" % e)
+            prepare_data(paths, mdhunt, force=True)
+            results["store_check"] = check_store(paths, mdhunt)
         with open(paths.stamp, encoding="utf-8") as f:
             results["data"] = json.load(f)
         with Server(paths.state, paths.reply_small,
                     [(START_MARKER, paths.reply_large)]) as server:
-            results["store_check"] = check_store_readable(paths, mdhunt,
-                                                          server)
             if "floor" in selected:
                 results["floor"] = scenario_floor(paths, server, args.runs)
             if "hunt" in selected:
@@ -774,6 +791,7 @@ def main(argv=None):
         log(str(e))
         return 1
     results["duration_s"] = time.monotonic() - started
+    results["load"]["end"] = load_average()
 
     with open(os.path.join(paths.work, "results.json"), "w",
               encoding="utf-8") as f:

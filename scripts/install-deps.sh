@@ -1,7 +1,7 @@
 #!/bin/sh
-# Install the Debian 12 packages that mdhunt's build, tests and demo need.
-# Safe to run again: packages already present are skipped, and apt-get runs
-# only when something is missing.
+# Install the Debian 12 packages that mdhunt's build, tests, demo and
+# benchmark need.  Safe to run again: packages already present are skipped,
+# and apt-get runs only when something is missing.
 set -eu
 
 PACKAGES="
@@ -10,6 +10,7 @@ libcurl4-openssl-dev libjansson-dev libssl-dev libinih-dev libcmocka-dev
 libsqlite3-dev libyaml-dev sqlite3
 python3 python3-cryptography python3-jwt python3-aiosmtpd python3-msal
 clang libclang-rt-14-dev valgrind cppcheck clang-tidy
+curl jq python3-requests
 "
 
 missing=""

@@ -20,6 +20,11 @@
  * about an hour. */
 #define EXPIRES_IN_MAX 31536000
 
+/* Longest access token accepted, in bytes.  Entra ID's tokens have a few
+ * kB.  HTTP servers commonly reject header lines longer than 64 kB, and
+ * libcurl fails a request over 1 MB as if memory had run out. */
+#define ACCESS_TOKEN_MAX 65536
+
 /* Renew when less than max(RENEW_MIN_SECONDS, lifetime / 10) remains. */
 #define RENEW_MIN_SECONDS 60
 
@@ -899,6 +904,11 @@ int md_auth_parse_token_reply(const char *body, size_t len,
         md_error_set(err, MD_E_SERVICE,
                      "invalid token reply from Entra ID: access_token is "
                      "missing or empty");
+    } else if (json_string_length(access) > ACCESS_TOKEN_MAX) {
+        md_error_set(err, MD_E_SERVICE,
+                     "invalid token reply from Entra ID: access_token has "
+                     "%zu bytes, more than the %d accepted",
+                     json_string_length(access), ACCESS_TOKEN_MAX);
     } else if (!is_header_safe(json_string_value(access),
                                json_string_length(access))) {
         md_error_set(err, MD_E_SERVICE,
@@ -1206,8 +1216,8 @@ static int base64url_value(int c)
     return -1;
 }
 
-/* Decode base64url (padding optional) into out, which holds at least
- * len * 3 / 4 + 1 bytes; returns the length, or -1 when invalid. */
+/* Decode base64url (padding optional) into out, which has room for
+ * len * 3 / 4 + 1 bytes.  Returns the length, or -1 when invalid. */
 static long base64url_decode(const char *in, size_t len, unsigned char *out)
 {
     unsigned long acc = 0;

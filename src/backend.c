@@ -40,7 +40,7 @@ struct md_backend {
     char *url;              /* the hunting endpoint */
     struct md_retry_policy policy;
     struct md_backend_hooks hooks;
-    int budget_failed;      /* a budget error was logged: no more */
+    int budget_failed;      /* a budget error was logged once */
 };
 
 /* A backend's request path, reply key spellings and required permission. */
@@ -434,6 +434,14 @@ static int add_row(const struct service *svc, json_t *row, size_t index,
             return md_error_prefix(err, "invalid reply from %s",
                                    svc->name);
     }
+    /* A row with members but none of the schema's columns does not fit
+     * the schema.  Kept, it would be a row of nulls, and every device of
+     * the rule would look gone. */
+    if (found == 0 && json_object_size(row) > 0)
+        return md_error_set(err, MD_E_SERVICE,
+                            "invalid reply from %s: result row %zu has "
+                            "none of the %zu columns of the schema",
+                            svc->name, index + 1, t->ncolumns);
     if (found < json_object_size(row) && !*unknown_noted) {
         note_unknown_key(svc, row, index, t);
         *unknown_noted = 1;
@@ -786,7 +794,7 @@ int md_backend_map_error(enum md_backend_kind kind,
 
 /* ---- One attempt ------------------------------------------------------- */
 
-/* Where an attempt failed, for the retry decision. */
+/* The place of an attempt's failure, for the retry decision. */
 struct attempt_outcome {
     int at_api;             /* the API replied or failed, not Entra ID */
     int unreadable;         /* a 200 reply that is not JSON or cut off */
@@ -898,7 +906,7 @@ static double hook_random(const struct md_backend *b)
 
 /* ---- The retry loop ----------------------------------------------------- */
 
-/* What follows a failed attempt. */
+/* The next step after a failed attempt. */
 enum next_step {
     STEP_FAIL,              /* give up with the error */
     STEP_NEW_TOKEN,         /* 401: new token, retry at once */
@@ -1004,7 +1012,7 @@ static int64_t throttle_ms(const struct run_state *st,
     if (err->retry_after >= 0)
         return (int64_t)err->retry_after * 1000;
     window = quota_window(err->message) * 1000;
-    return window / 2 + (int64_t)(hook_random(st->b) * (double)(window / 2));
+    return window / 2 + (int64_t)(hook_random(st->b) * (double)window / 2);
 }
 
 static void budget_warning(struct md_backend *b, const struct md_error *err)

@@ -41,7 +41,7 @@
  * clock that was moved back, and are dropped. */
 #define MAX_AHEAD (2 * 86400)
 
-/* A larger file is not a budget file: it is started afresh. */
+/* A larger file cannot be a budget file, so it is started afresh. */
 #define MAX_FILE_SIZE (8 * 1024 * 1024)
 
 struct md_budget {
@@ -201,7 +201,7 @@ static int is_state(json_t *root)
            json_is_object(json_object_get(root, "tenants"));
 }
 
-/* Parse the file; a damaged one gives a fresh state and one warning. */
+/* Parse the file.  A damaged one gives a fresh state and one warning. */
 static int load_file(struct md_budget *b, json_t **root,
                      struct md_error *err)
 {
@@ -264,8 +264,8 @@ static int save_file(struct md_budget *b, json_t *root,
     return 0;
 }
 
-/* An operation on the state: it changes root and returns 0, or -1 with
- * err set. */
+/* An operation on the state.  It changes root and returns 0, or returns
+ * -1 with err set. */
 typedef int (*update_fn)(struct md_budget *b, json_t *root,
                          md_instant now, void *arg, struct md_error *err);
 
@@ -301,13 +301,17 @@ static int64_t floor_seconds(md_instant t)
     return (t % MD_TICKS_PER_SECOND < 0) ? s - 1 : s;
 }
 
-static int calls_push(struct calls *c, int64_t second, long count)
+/* Add count calls at second, keeping the seconds in order. */
+static int calls_add(struct calls *c, int64_t second, long count)
 {
     struct call *items;
+    size_t at = c->n;
     size_t cap;
 
-    if (c->n > 0 && c->items[c->n - 1].second == second) {
-        c->items[c->n - 1].count += count;
+    while (at > 0 && c->items[at - 1].second > second)
+        at--;
+    if (at > 0 && c->items[at - 1].second == second) {
+        c->items[at - 1].count += count;
         return 0;
     }
     if (c->n == c->cap) {
@@ -318,14 +322,16 @@ static int calls_push(struct calls *c, int64_t second, long count)
         c->items = items;
         c->cap = cap;
     }
-    c->items[c->n].second = second;
-    c->items[c->n].count = count;
+    memmove(c->items + at + 1, c->items + at,
+            (c->n - at) * sizeof(*c->items));
+    c->items[at].second = second;
+    c->items[at].count = count;
     c->n++;
     return 0;
 }
 
-/* Read an app's "calls", keeping the entries that can still matter:
- * within the last hour and not implausibly far ahead, in order. */
+/* Read an app's "calls" in order, keeping only the entries within the
+ * last hour and not implausibly far ahead. */
 static int read_calls(json_t *app, int64_t now_s, struct calls *c)
 {
     json_t *list = json_object_get(app, "calls");
@@ -345,9 +351,7 @@ static int read_calls(json_t *app, int64_t now_s, struct calls *c)
         if (n <= 0 || n > 1000000 || s < now_s - HOUR - WINDOW_SLACK ||
             s > now_s + MAX_AHEAD)
             continue;
-        if (c->n > 0 && s < c->items[c->n - 1].second)
-            continue;
-        if (calls_push(c, s, (long)n) != 0)
+        if (calls_add(c, s, (long)n) != 0)
             return -1;
     }
     return 0;
@@ -369,9 +373,11 @@ static json_t *calls_to_json(const struct calls *c)
 }
 
 /*
- * The earliest second at which one more call leaves fewer than limit
- * calls in the window before it: one past the window after the call that
- * makes the newest calls add up to limit.
+ * Return the earliest second t at which one more call keeps every window
+ * that contains it within limit.  Counting all calls after t - window,
+ * the reserved ones ahead of t included, is enough: that is one window
+ * and the slack after the second at which the newest calls add up to
+ * limit.
  */
 static int64_t earliest_within(const struct calls *c, long limit,
                                int64_t window)
@@ -488,11 +494,7 @@ static int do_reserve(struct md_budget *b, json_t *root, md_instant now,
         md_error_set(err, MD_E_INTERNAL, "out of memory");
         goto out;
     }
-    /* Calls stay in order, so that the window before the new call is
-     * the only one it can overfill. */
     at = now;
-    if (c.n > 0)
-        at = max_instant(at, second_start(c.items[c.n - 1].second, now));
     at = max_instant(at, second_start(
         earliest_within(&c, b->limits.per_minute, MINUTE), now));
     at = max_instant(at, second_start(
@@ -501,7 +503,7 @@ static int do_reserve(struct md_budget *b, json_t *root, md_instant now,
     slot->at = at;
 
     if (at <= r->latest) {
-        if (calls_push(&c, floor_seconds(at), 1) != 0) {
+        if (calls_add(&c, floor_seconds(at), 1) != 0) {
             md_error_set(err, MD_E_INTERNAL, "out of memory");
             goto out;
         }
@@ -523,6 +525,7 @@ int md_budget_reserve(struct md_budget *b, md_instant now,
                       md_instant latest, struct md_budget_slot *slot,
                       struct md_error *err)
 {
+    /* cppcheck-suppress ctuuninitvar ; slot is an output, filled below */
     struct reserve_arg arg = { latest, slot };
 
     memset(slot, 0, sizeof(*slot));

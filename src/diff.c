@@ -723,11 +723,17 @@ static int copy_exclusion(const struct md_exclusion *entry,
                           const struct md_entity *prev, char **id,
                           char **reason, char **owner, md_instant *expires)
 {
-    const char *src_id = entry != NULL ? entry->id : prev->excluded_by;
-    const char *src_reason = entry != NULL ? entry->reason
-                                           : prev->exclusion_reason;
-    const char *src_owner = entry != NULL ? entry->owner
-                                          : prev->exclusion_owner;
+    const char *src_id;
+    const char *src_reason;
+    const char *src_owner;
+
+    /* Callers pass entry or prev.  Checking it keeps cppcheck and the
+     * clang analyzer from following a path where both are NULL. */
+    if (entry == NULL && prev == NULL)
+        return -1;
+    src_id = entry != NULL ? entry->id : prev->excluded_by;
+    src_reason = entry != NULL ? entry->reason : prev->exclusion_reason;
+    src_owner = entry != NULL ? entry->owner : prev->exclusion_owner;
 
     *id = md_strdup(src_id);
     *reason = md_strdup(src_reason);

@@ -27,6 +27,9 @@
 
 #define TICKS_PER_DAY (INT64_C(86400) * MD_TICKS_PER_SECOND)
 
+/* Deepest nesting of YAML collections accepted; an entry needs 3. */
+#define YAML_DEPTH_MAX 64
+
 static int oom(struct md_error *err)
 {
     return md_error_set(err, MD_E_INTERNAL, "out of memory");
@@ -965,12 +968,54 @@ static void check_single_document(struct loader *ld, yaml_parser_t *parser)
     yaml_document_delete(&doc);
 }
 
+/*
+ * Report YAML nested deeper than YAML_DEPTH_MAX and return nonzero,
+ * reading events only up to that depth.  libyaml's scanner takes time
+ * quadratic in the depth of nested flow collections (100,000 "[" take
+ * minutes), so this runs before the document is loaded.  A syntax error
+ * is left for the loader to report.
+ */
+static int too_deep(struct loader *ld, const char *data, size_t len)
+{
+    yaml_parser_t parser;
+    yaml_event_t event;
+    int depth = 0;
+    int done = 0;
+    int deep = 0;
+
+    if (!yaml_parser_initialize(&parser)) {
+        report_oom(ld);
+        return 1;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
+    while (!done && !deep && yaml_parser_parse(&parser, &event)) {
+        if (event.type == YAML_SEQUENCE_START_EVENT
+            || event.type == YAML_MAPPING_START_EVENT)
+            depth++;
+        else if (event.type == YAML_SEQUENCE_END_EVENT
+                 || event.type == YAML_MAPPING_END_EVENT)
+            depth--;
+        deep = depth > YAML_DEPTH_MAX;
+        if (deep)
+            report(ld, (int)event.start_mark.line + 1, "the YAML is nested "
+                   "deeper than %d levels, which no entry needs",
+                   YAML_DEPTH_MAX);
+        done = event.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&event);
+    }
+    yaml_parser_delete(&parser);
+    return deep;
+}
+
 static void parse(struct loader *ld, const char *data, size_t len)
 {
     yaml_parser_t parser;
     yaml_document_t doc;
     yaml_node_t *root;
 
+    if (too_deep(ld, data, len))
+        return;
     if (!yaml_parser_initialize(&parser)) {
         report_oom(ld);
         return;

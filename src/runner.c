@@ -413,7 +413,7 @@ static void check_frequencies(const struct md_ruleset *rules,
  * Keep the backend's call budget beside the store, whether or not the
  * configuration has a [store] section, so that every `run --once` process
  * and the daemon pace their calls together.  A budget file that cannot
- * be opened is warned about: the calls are then counted in memory.
+ * be opened is warned about, and the calls are counted in memory then.
  */
 static void share_budget(const char *store_path, struct md_backend *backend)
 {
@@ -462,6 +462,7 @@ static int load_exclusions(const struct md_runner *r,
                            struct md_exclusions **out, struct md_error *err)
 {
     struct md_exclusions_options opts;
+    size_t expired = 0;
 
     *out = NULL;
     if (cfg->report.exclusions == NULL)
@@ -472,9 +473,11 @@ static int load_exclusions(const struct md_runner *r,
     opts.now = runner_now(r);
     if (md_exclusions_load(cfg->report.exclusions, &opts, out, err) != 0)
         return -1;
-    md_info("exclusions: %zu entr%s from %s (sha256 %.12s)",
+    for (size_t i = 0; i < (*out)->nentries; i++)
+        expired += md_exclusion_expired(&(*out)->entries[i], opts.now) != 0;
+    md_info("exclusions: %zu entr%s from %s, %zu expired (sha256 %.12s)",
             (*out)->nentries, (*out)->nentries == 1 ? "y" : "ies",
-            cfg->report.exclusions, (*out)->hash);
+            cfg->report.exclusions, expired, (*out)->hash);
     return 0;
 }
 
@@ -752,11 +755,11 @@ static void prune(struct md_runner *r)
 }
 
 /*
- * Whether a rule is held back because the service stopped its query
- * (preempted, timed out or a result too large): such a query has already
- * spent the tenant's CPU quota, so the backend does not retry it and the
- * runner tries it once more at its next slot, then no more until its
- * query changes or a run is forced with --rule or --all.
+ * Set *held when the rule is held back because the service stopped its
+ * query (preempted, timed out or a result too large).  Such a query has
+ * already spent the tenant's CPU quota, so the backend does not retry
+ * it.  The runner tries it once more at its next slot, and then no more
+ * until its query changes or a run is forced with --rule or --all.
  * NOTE: the store keeps the kind of the last failure only, so "the last
  * run was stopped after an earlier failed run" stands for "stopped twice
  * in a row": a rule stopped once after a network failure is held back
@@ -836,8 +839,8 @@ static int record_paused(struct md_runner *r, const struct md_rule *rule,
     return md_store_run_finish_failed(r->store, run_id, now, &run_err, err);
 }
 
-/* After a run failed for the CPU quota: until when the tenant is paused,
- * or 0. */
+/* Return the end of the tenant's pause after a run failed for the CPU
+ * quota, else 0. */
 static md_instant tenant_paused_until(struct md_runner *r,
                                       const struct md_cycle_result *res)
 {

@@ -33,6 +33,11 @@
 /* Longest excerpt of a rejected value quoted in an error message. */
 #define EXCERPT_MAX 40
 
+/* Most columns a table may have.  Advanced hunting tables have fewer than
+ * 100, and the duplicate check below takes time quadratic in the count:
+ * 100,000 columns would take about 20 s. */
+#define COLUMNS_MAX 10000
+
 struct md_arena_chunk {
     struct md_arena_chunk *next;
     size_t size;
@@ -259,6 +264,11 @@ int md_table_add_column(struct md_table *t, const char *name,
         return md_error_set(err, MD_E_INTERNAL,
                             "column \"%s\" added after the first row; "
                             "add every column before the rows", shown);
+    if (t->ncolumns >= COLUMNS_MAX)
+        return md_error_set(err, MD_E_SERVICE,
+                            "the result has more than %d columns; select "
+                            "fewer in the query, for example with project",
+                            COLUMNS_MAX);
 
     for (i = 0; i < t->ncolumns; i++) {
         if (strcmp(t->columns[i].name, name) == 0)

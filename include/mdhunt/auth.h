@@ -64,10 +64,11 @@ struct md_auth;
  * loaded (md_config_require_auth).  The secret and the settings are
  * copied; http is borrowed and must outlive the token source.
  * A tenant_id that is not a GUID or domain name is MD_E_CONFIG.  With a
- * certificate, the certificate file is read and the private key parsed
- * (with the passphrase) here; an unreadable certificate, a key that
- * cannot be decrypted, is not RSA of at least 2048 bits or does not
- * belong to the certificate are MD_E_CONFIG errors naming the file.
+ * certificate, the certificate file is read here, and the private key is
+ * parsed with the passphrase.  These are MD_E_CONFIG errors naming the
+ * file: an unreadable certificate, and a key that cannot be decrypted,
+ * is not RSA of at least 2048 bits or does not belong to the
+ * certificate.
  * Free with md_auth_free().
  */
 int md_auth_new(const struct md_config *cfg, struct md_http *http,
@@ -89,13 +90,13 @@ void md_auth_describe_credential(const struct md_auth *auth, char *buf,
 const char *md_auth_token_url(const struct md_auth *auth);
 
 /*
- * Make a client assertion for a token request at now: a compact JWS
- * whose header has alg (PS256 or RS256, [auth] assertion_alg), typ JWT
- * and x5t#S256 (with PS256) or x5t (with RS256), and whose claims are aud
+ * Make a client assertion for a token request at now, a compact JWS.
+ * Its header has alg (PS256 or RS256, from [auth] assertion_alg), typ
+ * JWT, and x5t#S256 with PS256 or x5t with RS256.  Its claims are aud
  * (the token URL), iss and sub (the client ID), jti (a random UUID), nbf
  * and iat (now) and exp (now + 10 minutes).  *assertion receives the
- * text, which the caller clears.  MD_E_CONFIG when auth uses a client
- * secret; MD_E_INTERNAL when signing fails.
+ * text, which the caller clears.  Errors: MD_E_CONFIG when auth uses a
+ * client secret, MD_E_INTERNAL when signing fails.
  */
 int md_auth_make_assertion(struct md_auth *auth, md_instant now,
                            struct md_secret *assertion,
@@ -153,9 +154,9 @@ int md_auth_accept_reply(struct md_auth *auth, const char *body, size_t len,
                          struct md_error *err);
 
 /*
- * Parse a token reply: access_token (non-empty), token_type "Bearer" (any
- * case), expires_in as a JSON number or a numeric string, in seconds
- * (1 to 31536000).  On success the token is copied into token and
+ * Parse a token reply: access_token (1 to 65536 bytes), token_type
+ * "Bearer" (any case), expires_in as a JSON number or a numeric string, in
+ * seconds (1 to 31536000).  On success the token is copied into token and
  * *expires_in is set.  A reply that does not fit is MD_E_SERVICE.
  */
 int md_auth_parse_token_reply(const char *body, size_t len,

@@ -23,7 +23,7 @@
  *   429 for the call rate
  *           Retry-After (seconds or an HTTP date), else half to all of the
  *           window the message names ("45 per 00:01:00": 30 to 60 s);
- *           the budget holds every call of the application as long
+ *           no call of the application starts before then (budget)
  *   429 for the CPU quota
  *           the tenant is paused for Retry-After, else 15 minutes, in the
  *           budget; the query waits only when that fits max_retry_time
@@ -64,8 +64,8 @@ struct md_backend;
  * already loaded (md_config_require_auth).  The settings are copied, so
  * cfg may be freed afterwards.  The sentinel backend is MD_E_CONFIG (not
  * supported yet).  The call budget goes into STORE_PATH.budget when cfg
- * has a [store] section; a file that cannot be opened is warned about
- * and the budget kept in memory.  Free with md_backend_free().
+ * has a [store] section.  A file that cannot be opened is warned about,
+ * and the budget is kept in memory then.  Free with md_backend_free().
  */
 int md_backend_new(const struct md_config *cfg, struct md_backend **out,
                    struct md_error *err);
@@ -149,11 +149,13 @@ const char *md_backend_permission_api(enum md_backend_kind kind);
  * flag is set when the reply held MD_SERVICE_ROW_LIMIT rows or more.
  * Failures are retried as the header comment describes.  On failure err
  * carries http_status, service_code and request_id where the service gave
- * them.  The kinds are those of md_backend_map_error(), MD_E_RULE for a
- * query that is not valid UTF-8, MD_E_SERVICE for an unreadable reply,
- * MD_E_THROTTLED when the call budget has no slot in time, MD_E_CPU_QUOTA
- * while the tenant is paused, MD_E_INTERRUPTED when a stop request ends a
- * wait, and the errors of md_auth_token() and md_http_perform().
+ * them.  The kinds are those of md_backend_map_error(), of
+ * md_auth_token() and of md_http_perform(), and these:
+ *   MD_E_RULE         a query that is not valid UTF-8
+ *   MD_E_SERVICE      an unreadable reply
+ *   MD_E_THROTTLED    the call budget has no slot in time
+ *   MD_E_CPU_QUOTA    the tenant is paused
+ *   MD_E_INTERRUPTED  a stop request ended a wait
  */
 int md_backend_run(struct md_backend *backend, const char *query,
                    size_t len, int64_t period_seconds, int flags,

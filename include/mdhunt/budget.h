@@ -4,7 +4,7 @@
  *
  * Defender and Graph advanced hunting allow a tenant at least 45 calls
  * per minute (the older Defender for Endpoint API also documents 1,500
- * per hour) and answer 429 beyond that.  mdhunt stays under [api]
+ * per hour) and reply with HTTP 429 beyond that.  mdhunt stays under [api]
  * max_calls_per_minute and max_calls_per_hour by reserving a time slot
  * for every call before sending it.  A call that would exceed a limit
  * gets a later slot and its caller waits until then, so a cycle of many
@@ -39,7 +39,7 @@ struct md_budget_limits {
     long per_hour;          /* calls in any 3600 s, at least per_minute */
 };
 
-/* The budget of one (tenant, application) pair (opaque). */
+/* The opaque budget of one tenant and application. */
 struct md_budget;
 
 /*
@@ -84,8 +84,8 @@ int md_budget_reserve(struct md_budget *b, md_instant now,
 int md_budget_hold(struct md_budget *b, md_instant now, md_instant until,
                    struct md_error *err);
 
-/* Pause every call of the tenant until until, as after a CPU-quota 429.
- * An earlier end than the one recorded is ignored. */
+/* Pause every call of the tenant until the instant until, as after a
+ * CPU-quota 429.  An earlier end than the one recorded is ignored. */
 int md_budget_pause_tenant(struct md_budget *b, md_instant now,
                            md_instant until, struct md_error *err);
 

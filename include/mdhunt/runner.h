@@ -22,6 +22,14 @@
  * SQLite manages) from before it opens the store read-write until it
  * exits.
  *
+ * Throttling.  The backend's call budget lives in STORE_PATH.budget, so
+ * every runner and `hunt` of the store paces its calls together.  After
+ * a 429 for the tenant's CPU quota the cycle's remaining rules are not
+ * sent but recorded as failed runs of kind cpu_quota.  A rule whose query
+ * the service stopped (preempted, timed out, too large) is tried once
+ * more at its next slot; when that run is stopped too, the rule is held
+ * back until its query changes or a run is forced (--all, --rule).
+ *
  * Signals.  SIGINT and SIGTERM set the stop request of interrupt.h: a
  * query in progress is aborted, its run is recorded as interrupted and
  * the runner stops.  SIGHUP requests that the daemon reload its

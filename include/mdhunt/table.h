@@ -106,7 +106,8 @@ const char *md_type_name(enum md_type type);
 /* Add a column; columns must all be added before the first row.  The
  * type comes from md_type_from_service_name(service_type); a NULL
  * service_type is stored as "" and gives MD_T_UNKNOWN.  Duplicate names
- * are rejected (service error naming the column). */
+ * and a column past the 10,000th are rejected (service errors, the first
+ * naming the column). */
 int md_table_add_column(struct md_table *t, const char *name,
                         const char *service_type, struct md_error *err);
 

@@ -39,7 +39,7 @@ static int fuzz_output_columns(struct md_table *t, size_t ncolumns,
 
     for (size_t col = 0; col < ncolumns; col++) {
         json_t *name = json_array_get(names, col);
-        char fallback[16];
+        char fallback[24];
 
         snprintf(fallback, sizeof(fallback), "c%zu", col);
         if (md_table_add_column(t, json_is_string(name)

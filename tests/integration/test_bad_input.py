@@ -41,8 +41,11 @@ FILL_TIMES = ("2025-03-01T00:00:00Z", "2025-03-01T01:00:00Z")
 CASE_TIME = "2025-03-01T02:00:00Z"
 CASE_TIMEOUT = 30
 QUERY = "DeviceInfo | take 1"
+SMTP_PASSWORD = "smtp-CANARY-Pw0rd"
 JSON_TYPE = "application/json; charset=utf-8"
-KINDS = ("config", "secret", "rule", "graph", "defender", "token", "smtp")
+KINDS = ("config", "secret", "rule", "exclusions", "graph", "defender",
+         "token", "smtp")
+FILE_KINDS = ("config", "secret", "rule", "exclusions")
 API_KINDS = ("graph", "defender", "token")
 CASE_KEYS = {
     "name", "about", "input", "file_name", "via", "status", "content_type",
@@ -194,8 +197,8 @@ SMTP_REPLIES = {
     "ehlo": b"250-127.0.0.1\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
     "starttls": b"220 2.0.0 ready to start TLS\r\n",
     "ehlo_tls": b"250-127.0.0.1\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n",
+    "auth_prompt": b"334 \r\n",
     "auth": b"235 2.7.0 authenticated\r\n",
-    "auth_login": b"334 VXNlcm5hbWU6\r\n",
     "mail": b"250 2.1.0 sender ok\r\n",
     "rcpt": b"250 2.1.5 recipient ok\r\n",
     "data": b"354 end data with <CR><LF>.<CR><LF>\r\n",
@@ -217,8 +220,8 @@ class ScriptedSmtp:
     """A loopback SMTP server that plays SMTP_REPLIES, with the current
     case's replacements, one connection at a time.
 
-    A replacement reply of exactly "@CLOSE" closes the connection instead
-    of replying.  The TLS certificate is the fake cloud's.
+    A reply that ends with "@CLOSE" is sent without that marker, and then
+    the connection is closed.  The TLS certificate is the fake cloud's.
     """
 
     def __init__(self, cert_file, key_file):
@@ -251,12 +254,17 @@ class ScriptedSmtp:
             finally:
                 conn.close()
 
+    def _replied(self, stage):
+        return self.overrides.get(stage, SMTP_REPLIES[stage])
+
     def _reply(self, conn, stage):
-        reply = self.overrides.get(stage, SMTP_REPLIES[stage])
-        if reply == CLOSE:
-            return False
+        """Send the stage's reply; return False when it closes."""
+        reply = self._replied(stage)
+        closes = reply.endswith(CLOSE)
+        if closes:
+            reply = reply[:-len(CLOSE)]
         conn.sendall(reply)
-        return True
+        return not closes
 
     def _dialogue(self, conn):
         stream = conn.makefile("rb")
@@ -272,10 +280,9 @@ class ScriptedSmtp:
             stage = SMTP_VERBS.get(verb, "unknown")
             if stage == "ehlo" and in_tls:
                 stage = "ehlo_tls"
-            if stage == "auth" and b"LOGIN" in line.upper():
-                if not self._auth_login(conn, stream):
-                    return
-                continue
+            if stage == "auth" and not self._auth_prompts(conn, stream,
+                                                          line):
+                return
             if not self._reply(conn, stage):
                 return
             if stage == "starttls":
@@ -283,20 +290,25 @@ class ScriptedSmtp:
                 conn = self.context.wrap_socket(conn, server_side=True)
                 stream = conn.makefile("rb")
                 in_tls = True
-            elif stage == "data":
+            elif stage == "data" and self._replied(stage).startswith(b"3"):
                 if not self._read_data(conn, stream):
                     return
             elif stage == "quit":
                 return
 
-    def _auth_login(self, conn, stream):
-        """AUTH LOGIN: ask for the user name and password, then reply."""
-        for _ in range(2):
-            if not self._reply(conn, "auth_login"):
+    def _auth_prompts(self, conn, stream, line):
+        """Ask for what AUTH did not send: LOGIN's user name and password,
+        PLAIN's credentials.  Return False when the connection ends."""
+        words = line.split()
+        mechanism = words[1].upper() if len(words) > 1 else b""
+        prompts = 2 if mechanism == b"LOGIN" else 1
+        prompts -= len(words) - 2 if len(words) > 2 else 0
+        for _ in range(prompts):
+            if not self._reply(conn, "auth_prompt"):
                 return False
             if not stream.readline(65536):
                 return False
-        return self._reply(conn, "auth")
+        return True
 
     def _read_data(self, conn, stream):
         while True:
@@ -356,6 +368,8 @@ class BadInputTest(unittest.TestCase):
         with open(cls.rule_file, "w", encoding="utf-8") as f:
             f.write(RULE_TEXT)
         cls.secret_file = write_secret(cls.path("secret"))
+        smtp_password = write_secret(cls.path("smtp-password"),
+                                     SMTP_PASSWORD)
         cls.store = cls.path("mdhunt.db")
         cls.pristine = cls.path("pristine.db")
         cls.values = {
@@ -363,6 +377,7 @@ class BadInputTest(unittest.TestCase):
             "CA": cls.fake.ca_file, "SECRET": cls.secret_file,
             "STORE": cls.store, "RULES": cls.rules_dir,
             "RULE": cls.rule_file, "SMTP_PORT": str(cls.smtp.port),
+            "SMTP_PASSWORD": smtp_password,
             "TENANT": cls.fake.state["tenants"][0]["id"],
             "CLIENT": cls.fake.state["apps"][0]["client_id"],
         }
@@ -378,6 +393,12 @@ class BadInputTest(unittest.TestCase):
         cls.configs["smtp"] = cls.write_config(
             "smtp.ini", cls.config_text("graph", "@URL@", "@URL@")
             + cls.mail_text())
+        cls.configs["smtp_auth"] = cls.write_config(
+            "smtp-auth.ini", cls.config_text("graph", "@URL@", "@URL@")
+            + cls.mail_text() + "username = mdhunt@contoso.com\n"
+            "password_file = @SMTP_PASSWORD@\n")
+        for name, path in cls.configs.items():
+            cls.values["CONFIG_" + name.upper()] = path
         cls.fill_store()
 
     @classmethod
@@ -438,7 +459,9 @@ class BadInputTest(unittest.TestCase):
 
     def setUp(self):
         self.case_dir = tempfile.mkdtemp(dir=self.dir, prefix="case-")
-        for suffix in ("", "-wal", "-shm"):
+        # The call budget file records holds after 429 replies, so it is
+        # reset with the store.
+        for suffix in ("", "-wal", "-shm", ".budget"):
             try:
                 os.unlink(self.store + suffix)
             except FileNotFoundError:
@@ -454,7 +477,7 @@ class BadInputTest(unittest.TestCase):
             self.smtp.overrides = self.smtp_overrides(case, where)
         elif kind in API_KINDS:
             self.serve_reply(kind, case, build_input(case["input"], where))
-        else:
+        if kind in FILE_KINDS:
             values.update(self.write_input(
                 kind, case, build_input(case["input"], where, values)))
         values.setdefault("CONFIG", self.case_config(kind, case, values))
@@ -485,7 +508,8 @@ class BadInputTest(unittest.TestCase):
     def write_input(self, kind, case, data):
         """Write a file input; return the placeholders it defines."""
         default_name = {"config": "mdhunt.ini", "secret": "secret",
-                        "rule": "rule.yaml"}[kind]
+                        "rule": "rule.yaml",
+                        "exclusions": "exclusions.yaml"}[kind]
         input_dir = os.path.join(self.case_dir, "input")
         os.mkdir(input_dir)
         path = os.path.join(input_dir, case.get("file_name", default_name))
@@ -543,6 +567,8 @@ class BadInputTest(unittest.TestCase):
             return ["-c", "@INPUT@", "hunt", "-q", QUERY]
         if kind == "rule":
             return ["-c", "@CONFIG@", "rules", "validate", "@INPUT@"]
+        if kind == "exclusions":
+            return ["-c", "@CONFIG@", "exclusions", "check", "@INPUT@"]
         if kind in API_KINDS:
             return ["-c", "@CONFIG@", "run", "--once", "--rule", RULE_ID]
         if kind == "smtp":

@@ -225,7 +225,7 @@ static void file_shared_between_processes(void **state)
     assert_true(slot.at == T0 + 61 * SECOND);
     md_budget_free(first);
 
-    /* A budget opened later still sees the calls. */
+    /* A budget opened later still counts the calls. */
     first = open_budget(f->path, TENANT, CLIENT_A, 3, 100);
     slot = reserve(first, T0, NO_LIMIT);
     assert_true(slot.at == T0 + 61 * SECOND);
@@ -292,6 +292,25 @@ static void clock_moved_back_drops_future_calls(void **state)
     md_budget_free(b);
 }
 
+/* After the clock went back a little, a call need not wait for calls
+ * recorded "ahead" while the limits hold. */
+static void call_before_recorded_ones_allowed(void **state)
+{
+    struct md_budget *b = open_budget(NULL, TENANT, CLIENT_A, 3, 100);
+    struct md_budget_slot slot;
+
+    (void)state;
+    reserve(b, T0 + 3600 * SECOND, NO_LIMIT);
+    reserve(b, T0 + 3600 * SECOND, NO_LIMIT);
+    slot = reserve(b, T0, NO_LIMIT);
+    assert_true(slot.at == T0);
+    /* Three calls in (T0 - 61, ...]: the window is full until the
+     * second of the third newest has passed. */
+    slot = reserve(b, T0, NO_LIMIT);
+    assert_true(slot.at == T0 + 61 * SECOND);
+    md_budget_free(b);
+}
+
 static void open_fails_in_missing_directory(void **state)
 {
     struct md_budget_limits limits = { 40, 1400 };
@@ -340,6 +359,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(damaged_file_started_afresh,
                                         setup_files, teardown_files),
         cmocka_unit_test(clock_moved_back_drops_future_calls),
+        cmocka_unit_test(call_before_recorded_ones_allowed),
         cmocka_unit_test(open_fails_in_missing_directory),
         cmocka_unit_test_setup_teardown(path_null_in_memory, setup_files,
                                         teardown_files),

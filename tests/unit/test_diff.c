@@ -1096,6 +1096,8 @@ static void test_exclusions_stored_and_uncovered_once(void **state)
     struct md_exclusions *x = exclusions(EXCLUDE_D1);
     struct md_table *t = make_table(DEVICE_COLUMNS);
     struct md_run_diff rd;
+    struct md_exclusion_count *counts = NULL;
+    size_t ncounts = 0;
     struct md_error err;
     int64_t run_id;
 
@@ -1123,6 +1125,14 @@ static void test_exclusions_stored_and_uncovered_once(void **state)
         assert_true(rd.events[i].first_excluded);
     }
     md_run_diff_clear(&rd);
+    assert_int_equal(md_store_exclusion_counts(st, &counts, &ncounts, &err),
+                     0);
+    assert_int_equal(ncounts, 1);
+    assert_string_equal(counts[0].rule_id, "R1");
+    assert_string_equal(counts[0].exclusion_id, "vendor-laptop");
+    assert_int_equal(counts[0].run_id, run_id);
+    assert_int_equal(counts[0].devices, 1);
+    md_exclusion_counts_free(counts, ncounts);
 
     run_id = record(st, x, t, BASE + DAY);
     load_run(st, run_id, &rd);
@@ -1137,6 +1147,10 @@ static void test_exclusions_stored_and_uncovered_once(void **state)
     assert_string_equal(rd.events[0].exclusion_id, "vendor-laptop");
     assert_string_equal(rd.events[0].exclusion_owner, "soc@example.org");
     md_run_diff_clear(&rd);
+    assert_int_equal(md_store_exclusion_counts(st, &counts, &ncounts, &err),
+                     0);
+    assert_int_equal(ncounts, 0);
+    md_exclusion_counts_free(counts, ncounts);
 
     run_id = record(st, x, t, EXCLUDE_D1_END + DAY);
     load_run(st, run_id, &rd);
