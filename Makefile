@@ -192,3 +192,16 @@ $(BUILDDIR)/bench/floor_parse: bench/floor_parse.c
 bench: $(BUILDDIR)/mdhunt $(BENCH_BIN)
 	/usr/bin/python3 bench/run.py --work $(BUILDDIR)/bench \
 		--mdhunt $(BUILDDIR)/mdhunt
+
+# ---- Valgrind (not in CI: it takes about four minutes) -----------------
+#
+#   make memcheck     run representative integration scenarios with mdhunt
+#                     under valgrind; MEMCHECK_TESTS=PATTERN... picks
+#                     others (test ids or parts of them, as run.py takes)
+
+MEMCHECK_TESTS ?=
+
+memcheck:
+	$(MAKE) BUILDDIR=build/memcheck OPT=-O1 \
+		EXTRA_CFLAGS=-DMDHUNT_TEST_CLOCK build/memcheck/mdhunt
+	tests/memcheck build/memcheck $(MEMCHECK_TESTS)

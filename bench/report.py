@@ -27,7 +27,7 @@ def mib(result):
 
 
 def shown(args):
-    """A command as text, with the repository's path made relative."""
+    """Format a command as text, with the repository's path made relative."""
     words = []
     for a in args:
         a = a.replace(REPO + "/", "")
@@ -73,6 +73,7 @@ def targets(results, floor):
     s2 = results["run_once"]
     mdhunt = s2["mdhunt"]
     lines = ["| target | measured (medians) | result |", "|---|---|---|"]
+
     wall = med(mdhunt, "wall_s")
     lines.append("| 2: `run --once` wall time ≤ %.0fx the floor's fetch "
                  "plus parse | %.2f s vs %.2f s: %.2fx | %s |" % (
@@ -84,12 +85,14 @@ def targets(results, floor):
                                    floor.rss_kib / 1024,
                                    rss / floor.rss_kib,
                                    verdict(rss <= RSS_FACTOR * floor.rss_kib)))
+
     for name, label in (("peer-shell", "the curl + jq + sqlite3 script"),
                         ("peer-python", "the MSAL + requests script")):
         peer = med(s2[name], "wall_s")
         lines.append("| 2: faster than %s | %.2f s vs %.2f s: %.2fx | %s |"
                      % (label, wall, peer, wall / peer,
                         verdict(wall < peer)))
+
     per_rule = cycle_per_rule(results["cycle"])
     lines.append("| 3: < %.0f ms CPU per rule beyond the network | %.2f ms "
                  "| %s |" % (CPU_PER_RULE_MS, per_rule["beyond_ms"],
@@ -117,10 +120,6 @@ def idle_totals(idle):
             "cpu_ms": sum(s["cpu_ms"] for s in samples),
             "seconds": sum(s["seconds"] for s in samples),
             "threads": max(s["threads"] for s in samples)}
-
-
-def ratio_line(label, a, b, key):
-    return "%s %.2fx" % (label, med(a, key) / med(b, key))
 
 
 def section_hunt(results, floor):

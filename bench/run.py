@@ -5,11 +5,11 @@ Usage: /usr/bin/python3 bench/run.py [--runs N] [--idle-seconds S]
            [--work DIR] [--output FILE] [--scenario NAME ...]
 
 `make bench` builds mdhunt, bench/measure and bench/floor_parse and runs
-this script.  It generates the data (once a day, kept in WORK/data),
-starts bench/serve.py on loopback, measures each scenario, the floor and
-the peers (a warm-up run, then --runs measured runs each), checks that
-every program found the same new devices, and writes the medians to
-BENCHMARKS.md and every sample to WORK/results.json.
+this script.  It generates the data once a day and keeps it in WORK/data.
+It starts bench/serve.py on loopback and measures each scenario, the
+floor and the peers: a warm-up run, then --runs measured runs each.  It
+checks that every program found the same new devices, then writes the
+medians to BENCHMARKS.md and every sample to WORK/results.json.
 """
 
 import argparse
@@ -66,7 +66,7 @@ def log(message):
 
 
 class BenchError(Exception):
-    """A step of the benchmark failed; the message says which."""
+    """A step of the benchmark failed; the message names the step."""
 
 
 def tail(path, lines=20):
@@ -130,7 +130,7 @@ class Server:
 
 
 class Paths:
-    """Where the benchmark keeps its data, stores and logs."""
+    """Paths of the benchmark's data, stores and logs."""
 
     def __init__(self, work):
         self.work = work
@@ -245,8 +245,9 @@ def measure(paths, name, args, stdout=None, env=None, expect_exit=0):
 
 def repeat(paths, runs, name, args, before=None, check=None, stdout=None,
            env=None):
-    """A warm-up run, then runs measured runs.  before() runs untimed
-    before each; check(run index) after each, -1 for the warm-up."""
+    """Measure args in a warm-up run, then in `runs` measured runs.
+    before() runs untimed before each run, check(index) after it, with
+    index -1 for the warm-up."""
     samples = []
     for i in range(-1, runs):
         if before is not None:
@@ -500,8 +501,9 @@ def scenario_run_once(paths, mdhunt, server, runs):
 
 
 def config_accepts(paths, mdhunt, server, api_extra):
-    """Whether mdhunt accepts the [api] lines api_extra.  `status` loads
-    the whole configuration, and a configuration error names its key."""
+    """Return whether mdhunt accepts the [api] lines api_extra.  `status`
+    loads the whole configuration, and a configuration error names its
+    key."""
     config = write_config(paths.in_run("probe.ini"), server, paths,
                           paths.rules200, paths.in_run("probe.db"),
                           api_extra)
@@ -526,9 +528,9 @@ def lifted_budget(paths, mdhunt, server):
 
 
 def curl_cycle_config(paths, server, count):
-    """A curl config that sends count hunting requests, one per rule,
-    over one connection.  They carry a query of the cycle's rules, so
-    they get the small reply too."""
+    """Write a curl config that sends count hunting requests, one per
+    rule, over one connection.  They carry a query of the cycle's rules,
+    so they get the small reply too."""
     path = paths.in_run("curl-cycle.cfg")
     request = paths.in_run("cycle-request.json")
     query = harness.expected_query(os.path.join(

@@ -20,9 +20,9 @@
  * about an hour. */
 #define EXPIRES_IN_MAX 31536000
 
-/* Longest access token accepted, in bytes.  Entra ID's tokens have a few
- * kB.  HTTP servers commonly reject header lines longer than 64 kB, and
- * libcurl fails a request over 1 MB as if memory had run out. */
+/* Maximum length of an access token, in bytes.  Entra ID's tokens have a
+ * few kB.  HTTP servers commonly reject header lines longer than 64 kB,
+ * and libcurl fails a request over 1 MB as if memory had run out. */
 #define ACCESS_TOKEN_MAX 65536
 
 /* Renew when less than max(RENEW_MIN_SECONDS, lifetime / 10) remains. */

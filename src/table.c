@@ -33,9 +33,9 @@
 /* Longest excerpt of a rejected value quoted in an error message. */
 #define EXCERPT_MAX 40
 
-/* Most columns a table may have.  Advanced hunting tables have fewer than
- * 100, and the duplicate check below takes time quadratic in the count:
- * 100,000 columns would take about 20 s. */
+/* Maximum number of columns of a table.  Advanced hunting tables have
+ * fewer than 100, and the duplicate check below takes time quadratic in
+ * the count. */
 #define COLUMNS_MAX 10000
 
 struct md_arena_chunk {

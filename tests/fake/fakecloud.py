@@ -32,7 +32,7 @@ A fault in fake.json changes the replies of matching requests.  Keys:
   reset          send the start of a reply, then reset the connection
                  (TCP RST)
   expire_token   expire the request's access token, then handle the
-                 request as usual (which answers 401)
+                 request as usual, so the reply is a 401
   token          changes to tokens issued by the request: {"lifetime": s,
                  "expires_in_string": true, "expired_on_issue": true}
   on_calls       apply only to these requests, numbered from 1 per

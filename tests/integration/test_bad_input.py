@@ -18,7 +18,6 @@ dialogues come from ScriptedSmtp, which plays a healthy server unless the
 case replaces one of its replies.
 """
 
-import base64
 import binascii
 import json
 import os
@@ -433,8 +432,8 @@ class BadInputTest(unittest.TestCase):
         on so that both queue an outbox item; keep a copy of the result."""
         config = cls.write_config("fill.ini", cls.config_text(
             "graph", "@URL@", "@URL@") + cls.mail_text())
-        rows = device_rows(3, seed=31)
-        datasets = (rows, rows + device_rows(1, seed=32))
+        first = device_rows(3, seed=31)
+        datasets = (first, first + device_rows(1, seed=32))
         for now, rows in zip(FILL_TIMES, datasets):
             cls.fake.set_dataset({"columns": device_dataset(0)["columns"],
                                   "rows": rows})
@@ -541,15 +540,14 @@ class BadInputTest(unittest.TestCase):
         return overrides
 
     def case_config(self, kind, case, values):
+        """Return the path of the configuration @CONFIG@ names."""
+        text = None
         if "config" in case:
-            path = os.path.join(self.case_dir, "case.ini")
             text = build_input(case["config"], kind).decode("utf-8")
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(substitute(text, values))
-            return path
-        if kind == "secret":
+        elif kind == "secret":
             text = self.config_text("graph", "@URL@", "@URL@").replace(
                 "@SECRET@", "@INPUT@")
+        if text is not None:
             path = os.path.join(self.case_dir, "case.ini")
             with open(path, "w", encoding="utf-8") as f:
                 f.write(substitute(text, values))

@@ -169,8 +169,8 @@ class CertificateTest(FakeCloudTest):
 
     def test_tampered_assertion_rejected(self):
         # The registration names mdhunt's certificate by its thumbprints
-        # but holds another public key, so mdhunt's signature cannot
-        # verify: the service sees a tampered assertion.
+        # but contains another public key.  mdhunt's signature cannot
+        # verify with it, so the service sees a tampered assertion.
         other = client_certificate(self.tmp, name="other")
         self.fake.state["apps"][0]["certificates"][0]["pem"] = other["pem"]
         self.fake.write_state()

@@ -1,9 +1,9 @@
 """Integration tests of retries, the call budget and the CPU-quota pause.
 
 The fake cloud injects each retryable fault alone and mixed, on chosen
-calls; the tests check that mdhunt ends in the documented outcome, logs
-every retry, and loses no result.  Faults that must not be retried are
-checked to cause exactly one request.
+calls.  The tests check that mdhunt ends in the documented outcome, logs
+every retry and loses no result.  Faults that must not be retried must
+cause exactly one request.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""Secrets and access tokens never leave mdhunt.
+"""Check that secrets and access tokens never leave mdhunt.
 
 Every command runs with recognisable secrets: the fake cloud's client
 secrets, the SMTP password and the private key's passphrase all contain
