@@ -193,7 +193,7 @@ bench: $(BUILDDIR)/mdhunt $(BENCH_BIN)
 	/usr/bin/python3 bench/run.py --work $(BUILDDIR)/bench \
 		--mdhunt $(BUILDDIR)/mdhunt
 
-# ---- Valgrind (not in CI: it takes about four minutes) -----------------
+# ---- Valgrind (not in CI: it takes about 3 minutes on 2 cores) ---------
 #
 #   make memcheck     run representative integration scenarios with mdhunt
 #                     under valgrind; MEMCHECK_TESTS=PATTERN... picks

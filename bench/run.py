@@ -243,25 +243,44 @@ def measure(paths, name, args, stdout=None, env=None, expect_exit=0):
     return sample
 
 
-def repeat(paths, runs, name, args, before=None, check=None, stdout=None,
-           env=None):
-    """Measure args in a warm-up run, then in `runs` measured runs.
-    before() runs untimed before each run, check(index) after it, with
-    index -1 for the warm-up."""
-    samples = []
+class Program:
+    """A command to measure.  before() runs untimed before each run, and
+    check(index) after it, with index -1 for the warm-up."""
+
+    def __init__(self, name, args, before=None, check=None, stdout=None,
+                 env=None):
+        self.name = name
+        self.args = args
+        self.before = before
+        self.check = check
+        self.stdout = stdout
+        self.env = env
+
+
+def rotate(paths, runs, programs):
+    """Measure programs in turn: a warm-up round, then `runs` measured
+    rounds, so that a change of the machine's load between rounds affects
+    every program alike.  Returns {name: {command, samples, stats}}."""
+    samples = {p.name: [] for p in programs}
     for i in range(-1, runs):
-        if before is not None:
-            before()
-        sample = measure(paths, name, args, stdout=stdout, env=env)
-        if check is not None:
-            check(i)
-        if i >= 0:
-            samples.append(sample)
-    log("%-28s wall %s s, cpu %s s, rss %s MiB" % (
-        name, fmt_median(samples, "wall_s"), fmt_median(samples, "cpu_s"),
-        "%.0f" % (statistics.median(s["max_rss_kib"] for s in samples)
-                  / 1024)))
-    return {"command": args, "samples": samples, "stats": summarize(samples)}
+        for p in programs:
+            if p.before is not None:
+                p.before()
+            sample = measure(paths, p.name, p.args, stdout=p.stdout,
+                             env=p.env)
+            if p.check is not None:
+                p.check(i)
+            if i >= 0:
+                samples[p.name].append(sample)
+    results = {}
+    for p in programs:
+        got = samples[p.name]
+        log("%-28s wall %s s, cpu %s s, rss %.0f MiB" % (
+            p.name, fmt_median(got, "wall_s"), fmt_median(got, "cpu_s"),
+            statistics.median(s["max_rss_kib"] for s in got) / 1024))
+        results[p.name] = {"command": p.args, "samples": got,
+                           "stats": summarize(got)}
+    return results
 
 
 def summarize(samples):
@@ -410,7 +429,7 @@ def floor_commands(paths, server):
     return curl, parse
 
 
-def scenario_floor(paths, server, runs):
+def floor_programs(paths, server):
     curl, parse = floor_commands(paths, server)
     rows_file = paths.in_run("floor-rows.txt")
 
@@ -420,19 +439,17 @@ def scenario_floor(paths, server, runs):
             raise BenchError("floor_parse counted %s rows, expected 100000"
                              % rows)
 
-    return {
-        "curl": repeat(paths, runs, "floor-curl", curl),
-        "parse": repeat(paths, runs, "floor-parse", parse,
-                        check=check_parse, stdout=rows_file),
-    }
+    return [Program("floor-curl", curl),
+            Program("floor-parse", parse, check=check_parse,
+                    stdout=rows_file)]
 
 
-def scenario_hunt(paths, mdhunt, server, runs):
+def hunt_program(paths, mdhunt, server):
     config = write_config(paths.in_run("hunt.ini"), server, paths,
                           paths.rules50, paths.in_run("hunt-unused.db"))
     args = [mdhunt, "-c", config, "hunt", "--format", "csv", START_RULE]
     out = paths.in_run("hunt.csv")
-    # The warm-up writes the CSV to check it, the measured runs write to
+    # This run writes the CSV to check it.  The measured runs write to
     # /dev/null like the floor's curl.
     measure(paths, "hunt-check", args, stdout=out)
     with open(out, "rb") as f:
@@ -441,7 +458,7 @@ def scenario_hunt(paths, mdhunt, server, runs):
     if lines != 100001:
         raise BenchError("mdhunt hunt --format csv wrote %d lines, "
                          "expected a header and 100000 rows" % lines)
-    return repeat(paths, runs, "hunt-csv", args)
+    return Program("hunt-csv", args)
 
 
 def mdhunt_new_devices(paths, mdhunt, config):
@@ -453,12 +470,13 @@ def mdhunt_new_devices(paths, mdhunt, config):
                                           "renamed", "baseline_rows")}
 
 
-def scenario_run_once(paths, mdhunt, server, runs):
+def run_once_programs(paths, mdhunt, server, runs, checks):
+    """mdhunt's run --once and the two peers, each on a fresh copy of its
+    pre-filled store, each checked against the expected new devices."""
     expected = read_lines(paths.expected_new)
     store = paths.in_run("s2.db")
     config = write_config(paths.in_run("s2.ini"), server, paths,
                           paths.rules50, store)
-    checks = {}
 
     def check_mdhunt(i):
         if i not in (-1, runs - 1):
@@ -469,11 +487,11 @@ def scenario_run_once(paths, mdhunt, server, runs):
                              % (len(new), len(expected)))
         checks["mdhunt"] = counts
 
-    result = {"mdhunt": repeat(
-        paths, runs, "run-once", [mdhunt, "-c", config, "run", "--once",
-                                  "--rule", START_RULE_ID],
+    programs = [Program(
+        "run-once", [mdhunt, "-c", config, "run", "--once", "--rule",
+                     START_RULE_ID],
         before=lambda: copy_store(paths.store_template, store),
-        check=check_mdhunt)}
+        check=check_mdhunt)]
 
     peers = {
         "peer-shell": ["sh", os.path.join(BENCH, "peers", "hunt.sh")],
@@ -491,13 +509,34 @@ def scenario_run_once(paths, mdhunt, server, runs):
                                                        len(expected), out))
             checks[name] = {"new": len(new)}
 
-        result[name] = repeat(
-            paths, runs, name, args,
+        programs.append(Program(
+            name, args,
             before=lambda db=db: copy_store(paths.peer_template, db),
-            check=check_peer, stdout=out, env=peer_env(paths, server, db))
-    result["checks"] = checks
-    result["expected_new"] = len(expected)
-    return result
+            check=check_peer, stdout=out, env=peer_env(paths, server, db)))
+    return programs, len(expected)
+
+
+def scenario_large(paths, mdhunt, server, runs, selected):
+    """Scenarios 1 and 2 and the floor, measured in one rotation."""
+    programs = floor_programs(paths, server)
+    if "hunt" in selected:
+        programs.append(hunt_program(paths, mdhunt, server))
+    checks = {}
+    if "run-once" in selected:
+        more, expected = run_once_programs(paths, mdhunt, server, runs,
+                                           checks)
+        programs += more
+    got = rotate(paths, runs, programs)
+    results = {"floor": {"curl": got["floor-curl"],
+                         "parse": got["floor-parse"]}}
+    if "hunt" in selected:
+        results["hunt"] = got["hunt-csv"]
+    if "run-once" in selected:
+        results["run_once"] = {
+            "mdhunt": got["run-once"], "peer-shell": got["peer-shell"],
+            "peer-python": got["peer-python"], "checks": checks,
+            "expected_new": expected}
+    return results
 
 
 def config_accepts(paths, mdhunt, server, api_extra):
@@ -569,12 +608,13 @@ def scenario_cycle(paths, mdhunt, server, runs):
         remove_store(store)
         open(cycle_log, "w").close()
 
-    mdhunt_result = repeat(paths, runs, "cycle",
-                           [mdhunt, "-c", config, "run", "--once", "--all"],
-                           before=before, check=check)
-    curl_result = repeat(paths, runs, "cycle-curl",
-                         ["curl", "-K",
-                          curl_cycle_config(paths, server, CYCLE_RULES)])
+    got = rotate(paths, runs, [
+        Program("cycle", [mdhunt, "-c", config, "run", "--once", "--all"],
+                before=before, check=check),
+        Program("cycle-curl",
+                ["curl", "-K", curl_cycle_config(paths, server,
+                                                 CYCLE_RULES)])])
+    mdhunt_result, curl_result = got["cycle"], got["cycle-curl"]
     return {"mdhunt": mdhunt_result, "curl": curl_result,
             "rules": CYCLE_RULES, "budget": budget}
 
@@ -716,7 +756,8 @@ def machine(mdhunt):
 
 # ---- Main -------------------------------------------------------------------
 
-SCENARIOS = ("floor", "hunt", "run-once", "cycle", "idle")
+# The floor is always measured: scenarios 1 and 2 are compared with it.
+SCENARIOS = ("hunt", "run-once", "cycle", "idle")
 
 
 def main(argv=None):
@@ -774,14 +815,8 @@ def main(argv=None):
             results["data"] = json.load(f)
         with Server(paths.state, paths.reply_small,
                     [(START_MARKER, paths.reply_large)]) as server:
-            if "floor" in selected:
-                results["floor"] = scenario_floor(paths, server, args.runs)
-            if "hunt" in selected:
-                results["hunt"] = scenario_hunt(paths, mdhunt, server,
-                                                args.runs)
-            if "run-once" in selected:
-                results["run_once"] = scenario_run_once(paths, mdhunt,
-                                                        server, args.runs)
+            results.update(scenario_large(paths, mdhunt, server,
+                                          args.runs, selected))
             if "cycle" in selected:
                 results["cycle"] = scenario_cycle(paths, mdhunt, server,
                                                   args.runs)

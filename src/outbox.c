@@ -212,6 +212,75 @@ static int64_t rule_frequency(const struct md_rule *rule,
     return cfg->schedule.default_frequency;
 }
 
+/* The excluded devices per entry and the exclusion issues of a rule's
+ * newest covered successful run, as add_rule() passes them on. */
+struct rule_exclusions {
+    struct md_run_diff diff;            /* owns the strings */
+    struct md_digest_exclusion *v;
+    size_t n;
+    const char **issues;
+    size_t nissues;
+};
+
+static void rule_exclusions_free(struct rule_exclusions *rx)
+{
+    md_run_diff_clear(&rx->diff);
+    free(rx->v);
+    free(rx->issues);
+    memset(rx, 0, sizeof(*rx));
+}
+
+static int count_exclusion(struct rule_exclusions *rx,
+                           const struct md_event *ev)
+{
+    struct md_digest_exclusion *v;
+
+    for (size_t i = 0; i < rx->n; i++) {
+        if (strcmp(rx->v[i].id, ev->exclusion_id) == 0) {
+            rx->v[i].devices++;
+            return 0;
+        }
+    }
+    v = realloc(rx->v, (rx->n + 1) * sizeof(*v));
+    if (v == NULL)
+        return -1;
+    rx->v = v;
+    memset(&v[rx->n], 0, sizeof(v[rx->n]));
+    v[rx->n].id = ev->exclusion_id;
+    v[rx->n].reason = ev->exclusion_reason;
+    v[rx->n].owner = ev->exclusion_owner;
+    v[rx->n].expires = known_or_zero(ev->exclusion_expires);
+    v[rx->n].devices = 1;
+    rx->n++;
+    return 0;
+}
+
+static int load_rule_exclusions(struct compose_ctx *c, int64_t run_id,
+                                struct rule_exclusions *rx,
+                                struct md_error *err)
+{
+    memset(rx, 0, sizeof(*rx));
+    if (run_id == 0)
+        return 0;
+    if (md_store_run_diff(c->st, run_id, &rx->diff, err) != 0)
+        return -1;
+    for (size_t i = 0; i < rx->diff.nevents; i++) {
+        const struct md_event *ev = &rx->diff.events[i];
+
+        if (ev->kind == MD_EVENT_EXCLUDED && ev->exclusion_id != NULL &&
+            count_exclusion(rx, ev) != 0)
+            return oom(err);
+    }
+    if (rx->diff.nexclusion_issues == 0)
+        return 0;
+    rx->issues = calloc(rx->diff.nexclusion_issues, sizeof(*rx->issues));
+    if (rx->issues == NULL)
+        return oom(err);
+    for (size_t i = 0; i < rx->diff.nexclusion_issues; i++)
+        rx->issues[rx->nissues++] = rx->diff.exclusion_issues[i].message;
+    return 0;
+}
+
 /* Add the rule of acc to the digest with its metadata and health. */
 static int add_rule(struct compose_ctx *c, const struct rule_acc *acc,
                     struct md_error *err)
@@ -220,13 +289,17 @@ static int add_rule(struct compose_ctx *c, const struct rule_acc *acc,
     const struct md_rule *rule = NULL;
     struct md_rule_status status;
     struct md_digest_rule dr;
+    struct rule_exclusions rx;
     md_instant first_started;
     int rc = -1;
 
+    memset(&rx, 0, sizeof(rx));
     if (c->rules != NULL)
         rule = md_ruleset_find(c->rules, run->rule_id);
     if (md_store_rule_status(c->st, run->rule_id, &status, err) != 0)
         return -1;
+    if (load_rule_exclusions(c, acc->latest_ok, &rx, err) != 0)
+        goto out;
     if (md_store_rule_first_started(c->st, run->rule_id, &first_started,
                                     err) != 0)
         goto out;
@@ -262,9 +335,14 @@ static int add_rule(struct compose_ctx *c, const struct rule_acc *acc,
             md_err_kind_name(status.last_failed_run.error_kind);
         dr.last_error = status.last_failed_run.error_message;
     }
+    dr.exclusions = rx.v;
+    dr.nexclusions = rx.n;
+    dr.exclusion_issues = rx.issues;
+    dr.nexclusion_issues = rx.nissues;
     rc = md_digest_add_rule(c->digest, &dr, NULL, err);
 
 out:
+    rule_exclusions_free(&rx);
     md_rule_status_clear(&status);
     return rc;
 }
@@ -331,6 +409,12 @@ static int change_of(enum md_event_kind kind, enum md_change *change)
         return 0;
     case MD_EVENT_GONE:
         *change = MD_CHANGE_GONE;
+        return 0;
+    case MD_EVENT_EXCLUDED:
+        *change = MD_CHANGE_EXCLUDED;
+        return 0;
+    case MD_EVENT_UNCOVERED:
+        *change = MD_CHANGE_UNCOVERED;
         return 0;
     default:
         return -1;
@@ -399,6 +483,11 @@ static int add_hit(struct compose_ctx *c, size_t rule,
     memset(&hit, 0, sizeof(hit));
     if (change_of(ev->kind, &hit.change) != 0)
         return 0;
+    /* Every run repeats its excluded devices, so the digest lists a
+     * device only from the run that excluded it first.
+     * load_rule_exclusions() counts them per entry. */
+    if (ev->kind == MD_EVENT_EXCLUDED && !ev->first_excluded)
+        return 0;
     hit.rule = rule;
     if (ev->row_json != NULL)
         row = json_loads(ev->row_json, 0, NULL);
@@ -425,6 +514,12 @@ static int add_hit(struct compose_ctx *c, size_t rule,
         hit.tracked_value = ev->value;
     }
     hit.observed = known_or_zero(ev->first_seen);
+    if (ev->kind == MD_EVENT_EXCLUDED || ev->kind == MD_EVENT_UNCOVERED) {
+        hit.exclusion_id = ev->exclusion_id;
+        hit.exclusion_reason = ev->exclusion_reason;
+        hit.exclusion_owner = ev->exclusion_owner;
+        hit.exclusion_expires = known_or_zero(ev->exclusion_expires);
+    }
 
     if (fill_columns(row, &hc) != 0) {
         hit_columns_free(&hc);

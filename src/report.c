@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "mdhunt/exclusions.h"
 #include "mdhunt/output.h"
 
 #define PORTAL_MACHINE_URL "https://security.microsoft.com/machines/v2/"
@@ -41,6 +42,10 @@ const char *md_change_name(enum md_change change)
         return "baseline";
     case MD_CHANGE_GONE:
         return "gone";
+    case MD_CHANGE_EXCLUDED:
+        return "excluded";
+    case MD_CHANGE_UNCOVERED:
+        return "uncovered";
     }
     return "unknown";
 }
@@ -157,6 +162,29 @@ static int grow(void **array, size_t n, size_t elem)
     return 0;
 }
 
+/* Copy a rule's exclusion entries into the digest. */
+static const struct md_digest_exclusion *keep_exclusions(
+    struct md_digest *d, const struct md_digest_exclusion *v, size_t n,
+    int *failed)
+{
+    struct md_digest_exclusion *copy;
+
+    if (v == NULL || n == 0)
+        return NULL;
+    copy = keep(d, calloc(n, sizeof(*copy)));
+    if (copy == NULL) {
+        *failed = 1;
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        copy[i] = v[i];
+        copy[i].id = keep_string(d, v[i].id != NULL ? v[i].id : "", failed);
+        copy[i].reason = keep_string(d, v[i].reason, failed);
+        copy[i].owner = keep_string(d, v[i].owner, failed);
+    }
+    return copy;
+}
+
 int md_digest_add_rule(struct md_digest *d, const struct md_digest_rule *rule,
                        size_t *index, struct md_error *err)
 {
@@ -181,6 +209,13 @@ int md_digest_add_rule(struct md_digest *d, const struct md_digest_rule *rule,
     copy.query_sha256 = keep_string(d, rule->query_sha256, &failed);
     copy.last_error_kind = keep_string(d, rule->last_error_kind, &failed);
     copy.last_error = keep_string(d, rule->last_error, &failed);
+    copy.exclusions = keep_exclusions(d, rule->exclusions,
+                                      rule->nexclusions, &failed);
+    copy.nexclusions = copy.exclusions != NULL ? rule->nexclusions : 0;
+    copy.exclusion_issues = keep_strings(d, rule->exclusion_issues,
+                                         rule->nexclusion_issues, &failed);
+    copy.nexclusion_issues = copy.exclusion_issues != NULL
+                                 ? rule->nexclusion_issues : 0;
     if (failed)
         return md_error_set(err, MD_E_INTERNAL, "out of memory");
 
@@ -209,6 +244,9 @@ int md_digest_add_hit(struct md_digest *d, const struct md_digest_hit *hit,
     copy.previous_name = keep_string(d, hit->previous_name, &failed);
     copy.tracked_column = keep_string(d, hit->tracked_column, &failed);
     copy.tracked_value = keep_string(d, hit->tracked_value, &failed);
+    copy.exclusion_id = keep_string(d, hit->exclusion_id, &failed);
+    copy.exclusion_reason = keep_string(d, hit->exclusion_reason, &failed);
+    copy.exclusion_owner = keep_string(d, hit->exclusion_owner, &failed);
     if (hit->ncolumns > 0) {
         columns = keep(d, calloc(hit->ncolumns, sizeof(*columns)));
         if (columns == NULL)
@@ -380,7 +418,8 @@ enum md_send_reason md_digest_should_send(const struct md_digest *d,
         enum md_change change = d->hits[i].change;
 
         if (change == MD_CHANGE_NEW || change == MD_CHANGE_RETURNED ||
-            change == MD_CHANGE_RENAMED || change == MD_CHANGE_TRACKED)
+            change == MD_CHANGE_RENAMED || change == MD_CHANGE_TRACKED ||
+            change == MD_CHANGE_UNCOVERED)
             return MD_SEND_REASON_CHANGES;
         if (change == MD_CHANGE_BASELINE)
             baseline = 1;
@@ -1078,6 +1117,33 @@ static void text_gone(struct writer *w, const struct md_digest *d,
     put(w, "\n");
 }
 
+/* Append the end of an exclusion entry as the file writes it. */
+static void put_expiry(struct writer *w, md_instant expires)
+{
+    char text[MD_TIME_TEXT_MAX];
+
+    if (expires == 0) {
+        put(w, "unknown");
+        return;
+    }
+    put(w, md_exclusion_format_expiry(expires, text, sizeof(text)));
+}
+
+static void text_rule_exclusion(struct writer *w,
+                                const struct md_digest_exclusion *x)
+{
+    put(w, "  Excluded by ");
+    put_text(w, x->id, MD_REPORT_VALUE_MAX);
+    putf(w, ": %ld device%s (reason: ", x->devices,
+         x->devices == 1 ? "" : "s");
+    put_text(w, x->reason != NULL ? x->reason : "", MD_REPORT_VALUE_MAX);
+    put(w, "; owner: ");
+    put_text(w, x->owner != NULL ? x->owner : "", MD_REPORT_VALUE_MAX);
+    put(w, "; expires ");
+    put_expiry(w, x->expires);
+    put(w, ")\n");
+}
+
 static void text_rule(struct writer *w, const struct md_digest *d,
                       size_t index)
 {
@@ -1107,6 +1173,8 @@ static void text_rule(struct writer *w, const struct md_digest *d,
         put(w, "complete");
     putf(w, "; %ld device%s excluded\n", rule->excluded,
          rule->excluded == 1 ? "" : "s");
+    for (size_t i = 0; i < rule->nexclusions; i++)
+        text_rule_exclusion(w, &rule->exclusions[i]);
     if (nbaseline > 0)
         putf(w, "  Baseline: %zu device%s, review once (listed in the "
              "attached CSV)\n", nbaseline, nbaseline == 1 ? "" : "s");
@@ -1198,15 +1266,120 @@ static void text_health(struct writer *w, const struct md_digest *d)
     }
 }
 
+/* Count the hits of one change over every rule. */
+static size_t change_hits(const struct md_digest *d, enum md_change change)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < d->nhits; i++)
+        n += d->hits[i].change == change;
+    return n;
+}
+
+static size_t exclusion_issue_count(const struct md_digest *d)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < d->nrules; i++)
+        n += d->rules[i].nexclusion_issues;
+    return n;
+}
+
+static void text_exclusion_hit(struct writer *w, const struct md_digest *d,
+                               const struct md_digest_hit *hit)
+{
+    put(w, "- ");
+    put_text(w, hit->device_name != NULL ? hit->device_name
+                                         : device_key(hit),
+             MD_REPORT_VALUE_MAX);
+    if (hit->device_id != NULL && hit->device_name != NULL) {
+        put(w, " (");
+        put_text(w, hit->device_id, MD_REPORT_VALUE_MAX);
+        put(w, ")");
+    }
+    put(w, "\n  Rule: ");
+    put_text(w, rule_title(&d->rules[hit->rule]), MD_REPORT_VALUE_MAX);
+    put(w, "\n  Exclusion ");
+    put_text(w, hit->exclusion_id != NULL ? hit->exclusion_id : "(unknown)",
+             MD_REPORT_VALUE_MAX);
+    put(w, ": ");
+    put_text(w, hit->exclusion_reason != NULL ? hit->exclusion_reason : "",
+             MD_REPORT_VALUE_MAX);
+    put(w, "; owner ");
+    put_text(w, hit->exclusion_owner != NULL ? hit->exclusion_owner : "",
+             MD_REPORT_VALUE_MAX);
+    put(w, "; expires ");
+    put_expiry(w, hit->exclusion_expires);
+    put(w, "\n");
+}
+
+/* List the hits of change, at most max of them. */
+static void text_exclusion_list(struct writer *w, const struct md_digest *d,
+                                enum md_change change, size_t max)
+{
+    size_t n = change_hits(d, change);
+    size_t listed = 0;
+
+    if (n == 0)
+        return;
+    if (change == MD_CHANGE_UNCOVERED)
+        putf(w, "No longer excluded (uncovered), review as new: %zu "
+             "device%s\n", n, n == 1 ? "" : "s");
+    else
+        putf(w, "Excluded for the first time: %zu device%s\n", n,
+             n == 1 ? "" : "s");
+    for (size_t i = 0; i < d->nhits && listed < max; i++) {
+        if (d->hits[i].change != change)
+            continue;
+        text_exclusion_hit(w, d, &d->hits[i]);
+        listed++;
+    }
+    if (n > listed)
+        putf(w, "... and %zu more in the attached CSV.\n", n - listed);
+    put(w, "\n");
+}
+
+static void text_exclusions(struct writer *w, const struct md_digest *d,
+                            size_t max)
+{
+    if (change_hits(d, MD_CHANGE_UNCOVERED) == 0 &&
+        change_hits(d, MD_CHANGE_EXCLUDED) == 0)
+        return;
+    put(w, "## Exclusions\n\n");
+    text_exclusion_list(w, d, MD_CHANGE_UNCOVERED, max);
+    text_exclusion_list(w, d, MD_CHANGE_EXCLUDED, max);
+}
+
+static void text_exclusion_issues(struct writer *w, const struct md_digest *d)
+{
+    if (exclusion_issue_count(d) == 0)
+        return;
+    put(w, "Exclusion entries not applied:\n");
+    for (size_t i = 0; i < d->nrules; i++) {
+        const struct md_digest_rule *rule = &d->rules[i];
+
+        for (size_t k = 0; k < rule->nexclusion_issues; k++) {
+            put(w, "- ");
+            put_text(w, rule->rule_id, MD_REPORT_VALUE_MAX);
+            put(w, ": ");
+            put_text(w, rule->exclusion_issues[k], 4 * MD_REPORT_VALUE_MAX);
+            put(w, "\n");
+        }
+    }
+}
+
 static void put_summary(struct writer *w, const struct md_digest *d)
 {
     size_t nnew = md_digest_count_devices(d, MD_CHANGE_NEW);
     size_t nreturned = md_digest_count_devices(d, MD_CHANGE_RETURNED);
     size_t nrenamed = md_digest_count_devices(d, MD_CHANGE_RENAMED);
     size_t ntracked = md_digest_count_devices(d, MD_CHANGE_TRACKED);
+    size_t nuncovered = md_digest_count_devices(d, MD_CHANGE_UNCOVERED);
 
     putf(w, "New devices: %zu, returned: %zu, renamed: %zu, tracked: %zu",
          nnew, nreturned, nrenamed, ntracked);
+    if (nuncovered > 0)
+        putf(w, ", no longer excluded: %zu", nuncovered);
 }
 
 int md_report_text(const struct md_digest *d,
@@ -1240,7 +1413,9 @@ int md_report_text(const struct md_digest *d,
     for (size_t i = 0; i < d->nrules; i++)
         text_rule(&w, d, i);
     put(&w, "\n");
+    text_exclusions(&w, d, body_rows(opts, d->nhits));
     text_health(&w, d);
+    text_exclusion_issues(&w, d);
     grouping_free(&g);
     return writer_finish(&w, err);
 }
@@ -1361,6 +1536,21 @@ static void html_device(struct writer *w, const struct grouping *g,
     put(w, "</div>\n");
 }
 
+static void html_rule_exclusion(struct writer *w,
+                                const struct md_digest_exclusion *x)
+{
+    put(w, "<br>Excluded by <b>");
+    put_html(w, x->id, MD_REPORT_VALUE_MAX);
+    putf(w, "</b>: %ld device%s (reason: ", x->devices,
+         x->devices == 1 ? "" : "s");
+    put_html(w, x->reason != NULL ? x->reason : "", MD_REPORT_VALUE_MAX);
+    put(w, "; owner: ");
+    put_html(w, x->owner != NULL ? x->owner : "", MD_REPORT_VALUE_MAX);
+    put(w, "; expires ");
+    put_expiry(w, x->expires);
+    put(w, ")");
+}
+
 static void html_rule(struct writer *w, const struct md_digest *d,
                       size_t index)
 {
@@ -1391,6 +1581,8 @@ static void html_rule(struct writer *w, const struct md_digest *d,
         put(w, "complete");
     putf(w, "; %ld device%s excluded", rule->excluded,
          rule->excluded == 1 ? "" : "s");
+    for (size_t i = 0; i < rule->nexclusions; i++)
+        html_rule_exclusion(w, &rule->exclusions[i]);
     if (nbaseline > 0)
         putf(w, "<br>Baseline: %zu device%s, review once (listed in the "
              "attached CSV)", nbaseline, nbaseline == 1 ? "" : "s");
@@ -1470,6 +1662,95 @@ static void html_health(struct writer *w, const struct md_digest *d)
     put(w, "</ul>\n");
 }
 
+static void html_exclusion_hit(struct writer *w, const struct md_digest *d,
+                               const struct md_digest_hit *hit)
+{
+    put(w, "<li><b>");
+    put_html(w, hit->device_name != NULL ? hit->device_name
+                                         : device_key(hit),
+             MD_REPORT_VALUE_MAX);
+    put(w, "</b>");
+    if (hit->device_id != NULL && hit->device_name != NULL) {
+        put(w, " (");
+        put_html(w, hit->device_id, MD_REPORT_VALUE_MAX);
+        put(w, ")");
+    }
+    put(w, "<br>Rule: ");
+    put_html(w, rule_title(&d->rules[hit->rule]), MD_REPORT_VALUE_MAX);
+    put(w, "<br>Exclusion <b>");
+    put_html(w, hit->exclusion_id != NULL ? hit->exclusion_id : "(unknown)",
+             MD_REPORT_VALUE_MAX);
+    put(w, "</b>: ");
+    put_html(w, hit->exclusion_reason != NULL ? hit->exclusion_reason : "",
+             MD_REPORT_VALUE_MAX);
+    put(w, "; owner ");
+    put_html(w, hit->exclusion_owner != NULL ? hit->exclusion_owner : "",
+             MD_REPORT_VALUE_MAX);
+    put(w, "; expires ");
+    put_expiry(w, hit->exclusion_expires);
+    put(w, "</li>\n");
+}
+
+static void html_exclusion_list(struct writer *w, const struct md_digest *d,
+                                enum md_change change, size_t max)
+{
+    size_t n = change_hits(d, change);
+    size_t listed = 0;
+
+    if (n == 0)
+        return;
+    if (change == MD_CHANGE_UNCOVERED)
+        putf(w, "<p style=\"color:#b00020\">No longer excluded "
+             "(uncovered), review as new: %zu device%s</p>\n", n,
+             n == 1 ? "" : "s");
+    else
+        putf(w, "<p>Excluded for the first time: %zu device%s</p>\n", n,
+             n == 1 ? "" : "s");
+    put(w, "<ul>\n");
+    for (size_t i = 0; i < d->nhits && listed < max; i++) {
+        if (d->hits[i].change != change)
+            continue;
+        html_exclusion_hit(w, d, &d->hits[i]);
+        listed++;
+    }
+    put(w, "</ul>\n");
+    if (n > listed)
+        putf(w, "<p>... and %zu more in the attached CSV.</p>\n",
+             n - listed);
+}
+
+static void html_exclusions(struct writer *w, const struct md_digest *d,
+                            size_t max)
+{
+    if (change_hits(d, MD_CHANGE_UNCOVERED) == 0 &&
+        change_hits(d, MD_CHANGE_EXCLUDED) == 0)
+        return;
+    put(w, "<h3>Exclusions</h3>\n");
+    html_exclusion_list(w, d, MD_CHANGE_UNCOVERED, max);
+    html_exclusion_list(w, d, MD_CHANGE_EXCLUDED, max);
+}
+
+static void html_exclusion_issues(struct writer *w,
+                                  const struct md_digest *d)
+{
+    if (exclusion_issue_count(d) == 0)
+        return;
+    put(w, "<p style=\"color:#b00020\">Exclusion entries not "
+        "applied:</p>\n<ul>\n");
+    for (size_t i = 0; i < d->nrules; i++) {
+        const struct md_digest_rule *rule = &d->rules[i];
+
+        for (size_t k = 0; k < rule->nexclusion_issues; k++) {
+            put(w, "<li><b>");
+            put_html(w, rule->rule_id, MD_REPORT_VALUE_MAX);
+            put(w, "</b>: ");
+            put_html(w, rule->exclusion_issues[k], 4 * MD_REPORT_VALUE_MAX);
+            put(w, "</li>\n");
+        }
+    }
+    put(w, "</ul>\n");
+}
+
 int md_report_html(const struct md_digest *d,
                    const struct md_report_options *opts,
                    struct md_buf *out, struct md_error *err)
@@ -1504,7 +1785,9 @@ int md_report_html(const struct md_digest *d,
     for (size_t i = 0; i < d->nrules; i++)
         html_rule(&w, d, i);
     put(&w, "</ul>\n");
+    html_exclusions(&w, d, body_rows(opts, d->nhits));
     html_health(&w, d);
+    html_exclusion_issues(&w, d);
     put(&w, "</body>\n</html>\n");
     grouping_free(&g);
     return writer_finish(&w, err);
@@ -1516,7 +1799,8 @@ static const char *const csv_fixed_columns[] = {
     "change", "review", "device_name", "device_id", "previous_name",
     "tracked_column", "tracked_value",
     "first_seen", "last_seen", "observed_by_mdhunt", "rule_id", "rule_name",
-    "severity", "tactics", "techniques", "portal_url",
+    "severity", "tactics", "techniques", "portal_url", "exclusion_id",
+    "exclusion_reason", "exclusion_owner", "exclusion_expires",
 };
 
 #define CSV_FIXED (sizeof(csv_fixed_columns) / sizeof(csv_fixed_columns[0]))
@@ -1601,6 +1885,7 @@ static void csv_row(struct csv *c, const struct md_digest *d,
 {
     const struct md_digest_rule *rule = &d->rules[hit->rule];
     struct writer url = { tmp, MD_BUF_INIT, 0, 0 };
+    char expires[MD_TIME_TEXT_MAX];
 
     csv_field(c, md_change_name(hit->change), 1);
     csv_field(c, hit->change == MD_CHANGE_BASELINE ? "review" : NULL, 0);
@@ -1623,6 +1908,13 @@ static void csv_row(struct csv *c, const struct md_digest *d,
         c->failed |= url.failed;
     }
     csv_field(c, tmp->len > 0 ? tmp->data : NULL, 0);
+    csv_field(c, hit->exclusion_id, 0);
+    csv_field(c, hit->exclusion_reason, 0);
+    csv_field(c, hit->exclusion_owner, 0);
+    csv_field(c, hit->exclusion_expires != 0
+                     ? md_exclusion_format_expiry(hit->exclusion_expires,
+                                                  expires, sizeof(expires))
+                     : NULL, 0);
 
     for (size_t k = 0; k < extra->n; k++) {
         const char *value = NULL;
@@ -1650,13 +1942,22 @@ static void csv_rows(struct csv *c, const struct md_digest *d,
     if (!c->failed && fputs("\r\n", c->f) == EOF)
         c->failed = 1;
 
-    /* Devices in the body's order, then the baselines. */
+    /* Devices in the body's order, then the baselines, the uncovered
+     * and the newly excluded devices. */
     for (size_t i = 0; i < g->ngroups; i++) {
         for (size_t h = 0; h < g->groups[i].count; h++)
             csv_row(c, d, group_hit(g, &g->groups[i], h), extra, tmp);
     }
     for (size_t i = 0; i < d->nhits; i++) {
         if (d->hits[i].change == MD_CHANGE_BASELINE)
+            csv_row(c, d, &d->hits[i], extra, tmp);
+    }
+    for (size_t i = 0; i < d->nhits; i++) {
+        if (d->hits[i].change == MD_CHANGE_UNCOVERED)
+            csv_row(c, d, &d->hits[i], extra, tmp);
+    }
+    for (size_t i = 0; i < d->nhits; i++) {
+        if (d->hits[i].change == MD_CHANGE_EXCLUDED)
             csv_row(c, d, &d->hits[i], extra, tmp);
     }
 }
@@ -1725,6 +2026,7 @@ int md_report_subject(const struct md_digest *d,
     size_t nrenamed = md_digest_count_devices(d, MD_CHANGE_RENAMED);
     size_t ntracked = md_digest_count_devices(d, MD_CHANGE_TRACKED);
     size_t nbaseline = md_digest_count_devices(d, MD_CHANGE_BASELINE);
+    size_t nuncovered = md_digest_count_devices(d, MD_CHANGE_UNCOVERED);
     size_t nproblems = 0;
 
     for (size_t i = 0; i < d->nrules; i++)
@@ -1740,6 +2042,8 @@ int md_report_subject(const struct md_digest *d,
         putf(&w, ", %zu renamed", nrenamed);
     if (ntracked > 0)
         putf(&w, ", %zu tracked", ntracked);
+    if (nuncovered > 0)
+        putf(&w, ", %zu no longer excluded", nuncovered);
     if (nbaseline > 0)
         putf(&w, ", baseline of %zu to review", nbaseline);
     if (nproblems > 0)

@@ -26,11 +26,15 @@ enum md_change {
     MD_CHANGE_TRACKED,      /* a known device with a new value of the
                                rule's track column */
     MD_CHANGE_BASELINE,     /* found by the rule's first run: review once */
-    MD_CHANGE_GONE          /* not seen for the rule's gone period */
+    MD_CHANGE_GONE,         /* not seen for the rule's gone period */
+    MD_CHANGE_EXCLUDED,     /* excluded by an exclusion entry for the first
+                               time */
+    MD_CHANGE_UNCOVERED     /* excluded before, no longer: its entry
+                               expired, was removed or no longer matches */
 };
 
 /* Lower-case name of a change: "new", "returned", "renamed", "tracked",
- * "baseline", "gone". */
+ * "baseline", "gone", "excluded", "uncovered". */
 const char *md_change_name(enum md_change change);
 
 /* A result column of a hit other than the device columns ("Signer",
@@ -54,6 +58,21 @@ struct md_digest_hit {
     md_instant observed;        /* when mdhunt first stored it; 0: unknown */
     const struct md_digest_column *columns;
     size_t ncolumns;
+    /* MD_CHANGE_EXCLUDED, MD_CHANGE_UNCOVERED: the exclusion entry */
+    const char *exclusion_id;
+    const char *exclusion_reason;
+    const char *exclusion_owner;
+    md_instant exclusion_expires;   /* when it stops applying; 0: unknown */
+};
+
+/* The devices one exclusion entry excluded in a rule's latest successful
+ * run. */
+struct md_digest_exclusion {
+    const char *id;
+    const char *reason;
+    const char *owner;
+    md_instant expires;         /* when it stops applying; 0: unknown */
+    long devices;
 };
 
 /* One rule covered by the digest: its metadata, its latest run and its
@@ -84,6 +103,13 @@ struct md_digest_rule {
     const char *last_error_kind;    /* md_err_kind_name() of the last
                                        failure, or NULL */
     const char *last_error;     /* its message, or NULL */
+    const struct md_digest_exclusion *exclusions;   /* per entry, in the
+                                                       latest run */
+    size_t nexclusions;
+    const char *const *exclusion_issues;    /* entries the latest run could
+                                               not apply, with file and
+                                               line */
+    size_t nexclusion_issues;
 };
 
 /*
@@ -144,8 +170,8 @@ size_t md_digest_count_devices(const struct md_digest *d,
 enum md_send_reason {
     MD_SEND_REASON_NONE = 0,
     MD_SEND_REASON_ALWAYS,      /* send_when = always */
-    MD_SEND_REASON_CHANGES,     /* new, returned, renamed or tracked
-                                   devices */
+    MD_SEND_REASON_CHANGES,     /* new, returned, renamed, tracked or
+                                   uncovered devices */
     MD_SEND_REASON_BASELINE,    /* a baseline to review */
     MD_SEND_REASON_FAILING,     /* a rule failed MD_HEALTH_MAX_FAILURES
                                    times in a row */
@@ -156,7 +182,8 @@ enum md_send_reason {
 /*
  * Decide whether to send a digest at now.  send_when = never sends
  * nothing, and always sends every digest.  new sends when a device is
- * new, returned, renamed or tracked, or when a baseline waits for review.
+ * new, returned, renamed, tracked or uncovered, or when a baseline waits
+ * for review.  Excluded devices alone send nothing.
  * It also
  * sends when a rule's health is bad (a failing rule or a stale last
  * success), so that an expired secret does not look like a quiet week.
@@ -195,9 +222,12 @@ int md_report_subject(const struct md_digest *d,
 
 /*
  * Append the text/plain body (UTF-8, lines ending in "\n").  It lists
- * new, returned, renamed and tracked devices grouped across rules, a
- * section per rule with its baseline and gone devices in short form, and
- * the health section.  Control characters and bidi controls in values are
+ * new, returned, renamed and tracked devices grouped across rules, then a
+ * section per rule with its baseline and gone devices in short form and
+ * its excluded devices per exclusion entry.  The exclusions section lists
+ * the devices excluded for the first time and those no longer excluded
+ * (uncovered).  The health section ends with the exclusion entries a run
+ * could not apply.  Control characters and bidi controls in values are
  * replaced with visible marks.
  */
 int md_report_text(const struct md_digest *d,
@@ -211,11 +241,13 @@ int md_report_html(const struct md_digest *d,
                    struct md_buf *out, struct md_error *err);
 
 /*
- * Append the CSV attachment (RFC 4180, CRLF line ends, a header row): one
- * row per new, returned, renamed, tracked or baseline hit, baseline rows
- * marked for review, then one column per result column of any rule.  Fields are
- * written by md_csv_write_field() with formula neutralisation, so a value
- * starting with = + - @ tab or CR gets a leading apostrophe.
+ * Append the CSV attachment (RFC 4180, CRLF line ends, a header row).  It
+ * has one row per new, returned, renamed, tracked, baseline, excluded
+ * (for the first time) or uncovered hit, with baseline rows marked for
+ * review and the exclusion entry of the last two.  One column per result
+ * column of any rule follows.  Fields are written by md_csv_write_field()
+ * with formula neutralisation, so a value starting with = + - @ tab or CR
+ * gets a leading apostrophe.
  */
 int md_report_csv(const struct md_digest *d, struct md_buf *out,
                   struct md_error *err);

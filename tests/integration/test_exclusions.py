@@ -17,6 +17,8 @@ import time
 from harness import (REPO, SECRET_MARKER, TOKEN_MARKER, FakeCloudTest,
                      device_dataset, device_rows, mdhunt_bin, mdhunt_env,
                      run_mdhunt, write_config, write_secret)
+from test_mail import (SMTP_PASSWORD, SMTP_USER, SmtpServer, csv_of,
+                       html_of, text_of)
 
 ZOHO_RULE = os.path.join(REPO, "config", "rules",
                          "rmm-zohoassist-file-signature.yaml")
@@ -66,14 +68,17 @@ class ExclusionsTest(FakeCloudTest):
         self.exclusions = self.tmp_path("exclusions.yaml")
         self.write_exclusions("")
         self.secret_file = write_secret(self.tmp_path("secret"))
-        self.config = write_config(
+        self.config = self.write_config()
+        self.processes = []
+        self.addCleanup(self.kill_processes)
+
+    def write_config(self, mail=""):
+        return write_config(
             self.tmp_path("mdhunt.ini"), self.fake, "graph",
             secret_file=self.secret_file,
             extra="\n[rules]\npath = %s\n\n[store]\npath = %s\n\n"
-                  "[report]\nexclusions = %s\n"
-                  % (self.rules_dir, self.store, self.exclusions))
-        self.processes = []
-        self.addCleanup(self.kill_processes)
+                  "[report]\nexclusions = %s\n%s"
+                  % (self.rules_dir, self.store, self.exclusions, mail))
 
     def set_rows(self, rows):
         self.rows = rows
@@ -295,3 +300,63 @@ class ExclusionsReloadTest(ExclusionsTest):
                                  % STOP_LIMIT) from None
         self.assertEqual(code, 0, self.log_of(daemon))
         self.assertNotIn(SECRET_MARKER, self.log_of(daemon))
+
+
+class ExclusionsMailTest(ExclusionsTest):
+
+    def setUp(self):
+        super().setUp()
+        self.smtp = SmtpServer(self.tmp)
+        self.addCleanup(self.smtp.stop)
+        password_file = write_secret(self.tmp_path("smtp-password"),
+                                     SMTP_PASSWORD)
+        self.config = self.write_config(
+            "\n[mail]\nsmtp_url = smtp://127.0.0.1:%d\nusername = %s\n"
+            "password_file = %s\nca_file = %s\nfrom = mdhunt@example.com\n"
+            "to = soc@example.com\n"
+            % (self.smtp.port, SMTP_USER, password_file, self.smtp.ca_file))
+
+    def test_mail_lists_excluded_then_uncovered_once(self):
+        self.smtp.start()
+        kept, excluded = self.two_new_devices()
+        self.write_exclusions(entry("vendor-support-laptop", excluded[0],
+                                    "2025-03-02"))
+        self.run_once(T1)
+        messages = self.smtp.messages()
+        self.assertEqual(len(messages), 2)
+        mail = messages[1]
+        self.assertTrue(mail["Subject"].startswith("[mdhunt] 1 new device "))
+        text = text_of(mail).replace("\r\n", "\n")
+        self.assertIn("New devices: 1,", text)
+        self.assertIn(kept[1], text)
+        self.assertIn("Excluded by vendor-support-laptop: 1 device (reason: "
+                      "Vendor support laptop, approved in change CHG-1234; "
+                      "owner: soc-lead@example.org; expires 2025-03-02)",
+                      text)
+        self.assertIn("Excluded for the first time: 1 device\n- %s (%s)"
+                      % (excluded[1], excluded[0]), text)
+        self.assertIn("Excluded for the first time", html_of(mail))
+        self.assertIn(excluded[0], html_of(mail))
+        excluded_rows = [line for line in csv_of(mail).splitlines()
+                         if line.startswith("excluded,")]
+        self.assertEqual(len(excluded_rows), 1)
+        self.assertIn("vendor-support-laptop", excluded_rows[0])
+
+        # The entry ends with 2025-03-02: the next daily run uncovers the
+        # device, and mails it once.
+        self.run_once(T2)
+        messages = self.smtp.messages()
+        self.assertEqual(len(messages), 3)
+        text = text_of(messages[2]).replace("\r\n", "\n")
+        self.assertIn("No longer excluded (uncovered), review as new: 1 "
+                      "device\n- %s (%s)" % (excluded[1], excluded[0]), text)
+        self.assertIn("no longer excluded", messages[2]["Subject"])
+        uncovered_rows = [line for line in csv_of(messages[2]).splitlines()
+                          if line.startswith("uncovered,")]
+        self.assertEqual(len(uncovered_rows), 1)
+
+        self.run_once(T3)
+        self.assertEqual(self.diff_json()["uncovered"], [])
+        mentions = [m for m in self.smtp.messages()
+                    if "No longer excluded" in text_of(m)]
+        self.assertEqual(len(mentions), 1)

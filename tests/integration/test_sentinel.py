@@ -11,12 +11,19 @@ the timespan and the Prefer: wait header.
 import json
 import os
 import shutil
+import unittest
 
-from harness import (DEVICE_COLUMNS, EMPTY_WORKSPACE_ID, FakeCloudTest,
-                     NO_ROLES_CLIENT_ID, NO_ROLES_SECRET, REPO,
-                     SECRET_MARKER, TOKEN_MARKER, WORKSPACE_ID,
+import harness
+from harness import (DEVICE_COLUMNS, FakeCloudTest, NO_ROLES_CLIENT_ID,
+                     NO_ROLES_SECRET, REPO, SECRET_MARKER, TOKEN_MARKER,
                      device_rows, expected_query, fault, request_body,
                      run_mdhunt, write_config, write_secret)
+
+# NOTE: the tests run only once the fake cloud serves Log Analytics
+# (fakestate.WORKSPACE_ID, exported by the harness); until then they are
+# skipped.
+WORKSPACE_ID = getattr(harness, "WORKSPACE_ID", None)
+EMPTY_WORKSPACE_ID = getattr(harness, "EMPTY_WORKSPACE_ID", None)
 
 RULES = os.path.join(REPO, "config", "rules")
 GRAPH_RULE = os.path.join(RULES, "rmm-zohoassist-file-signature.yaml")
@@ -28,6 +35,12 @@ RULE_OF = {"graph": GRAPH_RULE, "defender": GRAPH_RULE,
 
 # A workspace the fake does not have.
 UNKNOWN_WORKSPACE_ID = "0d6f3a92-41c8-4b7e-b5d0-8e2a9c1f7364"
+
+# A 429 for the first request, as the service throttles.
+THROTTLED_ONCE = fault("loganalytics", count=1, status=429,
+                       error={"code": "ThrottledError",
+                              "message": "Too many requests"},
+                       headers={"Retry-After": "1"})
 
 T0 = "2025-03-01T00:00:00Z"
 T0_PLUS_1D = "2025-03-02T00:00:00Z"
@@ -60,6 +73,8 @@ def all_types_dataset():
     return {"columns": DEVICE_COLUMNS + EXTRA_COLUMNS, "rows": rows}
 
 
+@unittest.skipUnless(WORKSPACE_ID, "the fake cloud has no Log Analytics "
+                     "workspace (tests/fake/fakestate.py WORKSPACE_ID)")
 class SentinelTest(FakeCloudTest):
 
     def setUp(self):
@@ -220,6 +235,20 @@ class RequestTest(SentinelTest):
         self.assert_fails(short, 4, "ran out of time", "HTTP 504")
         self.hunt_ok(SENTINEL_RULE, "--format", "ndjson",
                      config=self.config(name="long.ini", timeout=400))
+
+    def test_throttled_request_retried(self):
+        self.fake.set_faults(THROTTLED_ONCE)
+        result = self.hunt_ok(SENTINEL_RULE, "--format", "ndjson")
+        self.assertIn("retry 1 of", result.stderr)
+        self.assertEqual([e["status"] for e in self.la_requests()],
+                         [429, 200])
+
+    def test_throttled_without_retries_exits_5(self):
+        self.fake.set_faults(THROTTLED_ONCE)
+        config = self.config(extra="max_retries = 0\n")
+        result = self.hunt(SENTINEL_RULE, config=config)
+        self.assert_fails(result, 5, "throttled", "Retry-After: 1 s")
+        self.assertEqual(len(self.la_requests()), 1)
 
     def test_gateway_timeout_not_retried(self):
         self.fake.set_faults(fault("loganalytics", count=1, status=504,

@@ -1,7 +1,7 @@
 /*
  * Tests of the exclusions file: parsing, validation with file and line,
- * each condition kind, case folding, expiry, the canonical hash and
- * matching a result table.
+ * each condition kind, case folding, expiry, the canonical hash, matching
+ * a result table, and the exclusions in the mail digest.
  */
 #include "testutil.h"
 
@@ -11,6 +11,7 @@
 
 #include "mdhunt/buf.h"
 #include "mdhunt/exclusions.h"
+#include "mdhunt/report.h"
 
 #define TICKS MD_TICKS_PER_SECOND
 #define DAY_SECONDS 86400
@@ -725,6 +726,184 @@ static void test_entry_for_other_rule_ignored(void **state)
     md_exclusions_free(x);
 }
 
+/* ---- The mail digest ----------------------------------------------------- */
+
+/* 2025-04-01T00:00:00Z: the end of an entry that expires 2025-03-31. */
+#define END_OF_MARCH ((md_instant)1743465600 * TICKS)
+
+static struct md_digest *exclusion_digest(void)
+{
+    static const struct md_digest_exclusion entries[] = {
+        { "vendor-laptop", "Approved <CHG-1>", "soc@example.org",
+          END_OF_MARCH, 2 },
+    };
+    static const char *const issues[] = {
+        "ex.yaml:9: exclusion by-signer names column Signers, which the "
+        "result of rule R1 lacks"
+    };
+    struct md_digest_rule rule;
+    struct md_digest_hit hit;
+    struct md_digest *d = NULL;
+    struct md_error err;
+
+    md_error_clear(&err);
+    assert_int_equal(md_digest_new("contoso.onmicrosoft.com", NOW, &d, &err),
+                     0);
+    memset(&rule, 0, sizeof(rule));
+    rule.rule_id = "R1";
+    rule.name = "Zoho signed binaries";
+    rule.excluded = 2;
+    rule.exclusions = entries;
+    rule.nexclusions = 1;
+    rule.exclusion_issues = issues;
+    rule.nexclusion_issues = 1;
+    assert_int_equal(md_digest_add_rule(d, &rule, NULL, &err), 0);
+
+    memset(&hit, 0, sizeof(hit));
+    hit.change = MD_CHANGE_NEW;
+    hit.device_id = "d1";
+    hit.device_name = "new-pc.corp";
+    assert_int_equal(md_digest_add_hit(d, &hit, &err), 0);
+    hit.change = MD_CHANGE_EXCLUDED;
+    hit.device_id = "d2";
+    hit.device_name = "vendor-pc.corp";
+    hit.exclusion_id = "vendor-laptop";
+    hit.exclusion_reason = "Approved <CHG-1>";
+    hit.exclusion_owner = "soc@example.org";
+    hit.exclusion_expires = END_OF_MARCH;
+    assert_int_equal(md_digest_add_hit(d, &hit, &err), 0);
+    hit.change = MD_CHANGE_UNCOVERED;
+    hit.device_id = "d3";
+    hit.device_name = "old-vendor-pc.corp";
+    hit.exclusion_id = "old-entry";
+    assert_int_equal(md_digest_add_hit(d, &hit, &err), 0);
+    return d;
+}
+
+static char *render(struct md_digest *d,
+                    int (*fn)(const struct md_digest *,
+                              const struct md_report_options *,
+                              struct md_buf *, struct md_error *))
+{
+    struct md_buf out = MD_BUF_INIT;
+    struct md_error err;
+
+    md_error_clear(&err);
+    assert_int_equal(fn(d, NULL, &out, &err), 0);
+    return md_buf_detach(&out);
+}
+
+static void test_digest_text_lists_exclusions(void **state)
+{
+    struct md_digest *d = exclusion_digest();
+    char *text = render(d, md_report_text);
+
+    (void)state;
+    assert_non_null(strstr(text, "Excluded by vendor-laptop: 2 devices "
+                           "(reason: Approved <CHG-1>; owner: "
+                           "soc@example.org; expires 2025-03-31)"));
+    assert_non_null(strstr(text, "## Exclusions"));
+    assert_non_null(strstr(text, "Excluded for the first time: 1 device\n"
+                           "- vendor-pc.corp (d2)"));
+    assert_non_null(strstr(text, "No longer excluded (uncovered), review "
+                           "as new: 1 device\n- old-vendor-pc.corp (d3)"));
+    assert_non_null(strstr(text, "Exclusion old-entry: Approved <CHG-1>; "
+                           "owner soc@example.org; expires 2025-03-31"));
+    assert_non_null(strstr(text, "Exclusion entries not applied:\n- R1: "
+                           "ex.yaml:9: exclusion by-signer"));
+    assert_non_null(strstr(text, "no longer excluded: 1"));
+    /* Excluded and uncovered devices stay out of the Devices section. */
+    assert_non_null(strstr(text, "1. new-pc.corp"));
+    assert_null(strstr(text, "2. "));
+    free(text);
+    md_digest_free(d);
+}
+
+static void test_digest_html_lists_exclusions(void **state)
+{
+    struct md_digest *d = exclusion_digest();
+    char *html = render(d, md_report_html);
+
+    (void)state;
+    assert_non_null(strstr(html, "<h3>Exclusions</h3>"));
+    assert_non_null(strstr(html, "Excluded by <b>vendor-laptop</b>: 2 "
+                           "devices (reason: Approved &lt;CHG-1&gt;"));
+    assert_non_null(strstr(html, "<li><b>vendor-pc.corp</b> (d2)"));
+    assert_non_null(strstr(html, "<li><b>old-vendor-pc.corp</b> (d3)"));
+    assert_non_null(strstr(html, "Exclusion entries not applied:"));
+    assert_non_null(strstr(html, "ex.yaml:9: exclusion by-signer"));
+    assert_null(strstr(html, "<CHG-1>"));
+    free(html);
+    md_digest_free(d);
+}
+
+static void test_digest_csv_lists_exclusions(void **state)
+{
+    struct md_digest *d = exclusion_digest();
+    struct md_buf out = MD_BUF_INIT;
+    struct md_error err;
+    const char *excluded;
+    const char *uncovered;
+
+    (void)state;
+    md_error_clear(&err);
+    assert_int_equal(md_report_csv(d, &out, &err), 0);
+    assert_non_null(strstr(out.data, ",portal_url,exclusion_id,"
+                           "exclusion_reason,exclusion_owner,"
+                           "exclusion_expires"));
+    excluded = strstr(out.data, "\r\nexcluded,,vendor-pc.corp,d2,");
+    uncovered = strstr(out.data, "\r\nuncovered,,old-vendor-pc.corp,d3,");
+    assert_non_null(excluded);
+    assert_non_null(uncovered);
+    assert_non_null(strstr(excluded, ",vendor-laptop,Approved <CHG-1>,"
+                           "soc@example.org,2025-03-31\r\n"));
+    assert_true(uncovered < excluded);
+    md_buf_free(&out);
+    md_digest_free(d);
+}
+
+static void test_digest_sends_for_uncovered_only(void **state)
+{
+    struct md_digest *d = NULL;
+    struct md_digest_rule rule;
+    struct md_digest_hit hit;
+    struct md_error err;
+
+    (void)state;
+    md_error_clear(&err);
+    assert_int_equal(md_digest_new("t", NOW, &d, &err), 0);
+    memset(&rule, 0, sizeof(rule));
+    rule.rule_id = "R1";
+    rule.last_success = NOW;
+    assert_int_equal(md_digest_add_rule(d, &rule, NULL, &err), 0);
+    memset(&hit, 0, sizeof(hit));
+    hit.change = MD_CHANGE_EXCLUDED;
+    hit.device_id = "d1";
+    assert_int_equal(md_digest_add_hit(d, &hit, &err), 0);
+    assert_int_equal(md_digest_should_send(d, MD_SEND_NEW, NOW),
+                     MD_SEND_REASON_NONE);
+    hit.change = MD_CHANGE_UNCOVERED;
+    hit.device_id = "d2";
+    assert_int_equal(md_digest_add_hit(d, &hit, &err), 0);
+    assert_int_equal(md_digest_should_send(d, MD_SEND_NEW, NOW),
+                     MD_SEND_REASON_CHANGES);
+    md_digest_free(d);
+}
+
+static void test_digest_subject_counts_uncovered(void **state)
+{
+    struct md_digest *d = exclusion_digest();
+    struct md_buf out = MD_BUF_INIT;
+    struct md_error err;
+
+    (void)state;
+    md_error_clear(&err);
+    assert_int_equal(md_report_subject(d, NULL, &out, &err), 0);
+    assert_non_null(strstr(out.data, "1 new device, 1 no longer excluded"));
+    md_buf_free(&out);
+    md_digest_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -767,6 +946,11 @@ int main(void)
         cmocka_unit_test(test_missing_column_invalidates_rule_entry),
         cmocka_unit_test(test_expired_entry_not_matched),
         cmocka_unit_test(test_entry_for_other_rule_ignored),
+        cmocka_unit_test(test_digest_text_lists_exclusions),
+        cmocka_unit_test(test_digest_html_lists_exclusions),
+        cmocka_unit_test(test_digest_csv_lists_exclusions),
+        cmocka_unit_test(test_digest_sends_for_uncovered_only),
+        cmocka_unit_test(test_digest_subject_counts_uncovered),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
