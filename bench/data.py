@@ -5,10 +5,11 @@ instant (the time of generation), so two runs of the benchmark on the
 same day see the same devices.
 
 The devices look like the result of the shipped ZohoAssist rule, which
-summarizes DeviceFileCertificateInfo by DeviceId and DeviceName: a
-40-hex-digit DeviceId, a lower-case host name, FirstSeen and LastSeen
-within the 5-day lookback (7 fractional digits and Z, as the services
-send them), Report (a set of ReportIds) and Count.
+summarizes DeviceFileCertificateInfo by DeviceId and DeviceName.  Each
+row has a 40-hex-digit DeviceId, a lower-case host name, and FirstSeen
+and LastSeen within the 5-day lookback.  The times have 7 fractional
+digits and a Z, as the services send them.  Report is a set of
+ReportIds, and Count a number of events.
 """
 
 import datetime
@@ -157,11 +158,6 @@ def write_graph_reply(path, rows):
 def rule_id(n):
     """Return the id of generated rule n, a stable GUID."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "mdhunt-bench-rule-%d" % n))
-
-
-def rule_marker(n):
-    """Return the text that only generated rule n's query contains."""
-    return "// bench rule %d\n" % n
 
 
 def write_rules(directory, count, first=1, start_rule=None):

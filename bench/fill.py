@@ -3,10 +3,10 @@
 mdhunt's store is made by mdhunt itself: one `run --once --all` of the 50
 rules against empty results creates the schema, the rule and query rows
 and a first (baseline) run of every rule.  This module then moves those
-runs 30 days back, adds 29 daily successful runs per rule after them and
-writes 1,000,000 entities with Python's sqlite3, in the columns and
-encodings of src/store.c: instants as md_instant ticks, the latest row
-as compact JSON, first_run and last_run pointing at real runs.
+runs 30 days back and adds 29 daily successful runs per rule after them.
+It writes 1,000,000 entities with Python's sqlite3, in the columns and
+encodings of src/store.c.  Instants are md_instant ticks, the latest row
+is compact JSON, and first_run and last_run point at real runs.
 
 The peers' store holds the same devices in the one table a script would
 keep: rule, DeviceId, DeviceName, first and last seen.

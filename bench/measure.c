@@ -10,10 +10,10 @@
  *    "max_rss_kib": 123456, "exit": 0, "signal": 0}
  *
  * Wall time comes from CLOCK_MONOTONIC around fork() and wait4().  CPU
- * times and max_rss_kib come from the rusage wait4() returns, which on
- * Linux covers the command and every descendant it waited for: CPU times
- * are their sum, and max_rss_kib is the largest peak of any one of those
- * processes, not the sum of processes that ran at the same time.
+ * times and max_rss_kib come from the rusage that wait4() returns.  On
+ * Linux it covers the command and every descendant it waited for.  The
+ * CPU times are their sum, but max_rss_kib is the largest peak of any one
+ * of those processes, not the sum of processes that ran at once.
  * Exits 0 when the measurement was written, whatever the command's
  * status, and 2 when it could not run or record the command.
  */

@@ -10,7 +10,7 @@ the client under test spends.  This server reads pre-rendered reply
 bodies once at start and only copies them to the socket, so that the
 benchmark times the client and not the server.  It serves HTTPS on
 127.0.0.1 with the fake cloud's throwaway CA (DIR/ca.pem), writes its
-port to DIR/port, and answers:
+port to DIR/port, and handles:
 
   GET  /{tenant}/v2.0/.well-known/openid-configuration  (for MSAL)
   POST /{tenant}/oauth2/v2.0/token     client credentials, checked
@@ -148,7 +148,6 @@ class Handler(BaseHTTPRequestHandler):
             self._send(401, error_body("InvalidAuthenticationToken",
                                        "bench server: unknown token"))
             return
-        self.server.hunts += 1
         for marker, reply in self.server.replies:
             if marker in body:
                 self._send(200, reply, GRAPH_JSON_TYPE)
@@ -164,7 +163,6 @@ class BenchServer(ThreadingHTTPServer):
         self.replies = replies
         self.default_reply = default_reply
         self.base_url = "https://%s:%d" % (HOST, self.server_address[1])
-        self.hunts = 0
 
 
 def read_file(path):

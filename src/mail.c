@@ -1033,9 +1033,8 @@ static int classify(CURLcode rc, const struct session *ss,
                             "mail: %s replied to %s with \"%s\"; %s",
                             s->smtp_url, ss->failed_command,
                             ss->failed_reply,
-                            permanent ? "the message will not be retried"
-                                      : "the message stays queued and is "
-                                        "retried later");
+                            permanent ? "a permanent failure"
+                                      : "a temporary failure");
     }
     switch (rc) {
     case CURLE_SSL_CONNECT_ERROR:
@@ -1051,8 +1050,7 @@ static int classify(CURLcode rc, const struct session *ss,
     default:
         return md_error_set(err, MD_E_NETWORK,
                             "mail: delivery to %s failed: %s; check that "
-                            "smtp_url names a reachable server.  The "
-                            "message stays queued and is retried later",
+                            "smtp_url names a reachable server",
                             s->smtp_url, detail);
     }
 }

@@ -29,8 +29,8 @@ def get_token(env):
     app = msal.ConfidentialClientApplication(
         env["CLIENT_ID"], client_credential=secret,
         authority="%s/%s" % (env["LOGIN_URL"], env["TENANT_ID"]),
-        # Instance discovery asks login.microsoftonline.com about the
-        # authority host; the authority here is a loopback server.
+        # Instance discovery sends a request about the authority host to
+        # login.microsoftonline.com, and this authority is on loopback.
         instance_discovery=False, verify=env["CA_FILE"])
     result = app.acquire_token_for_client(scopes=[GRAPH_SCOPE])
     if "access_token" not in result:
