@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "mdhunt/auth.h"
+#include "mdhunt/backend_la.h"
 #include "mdhunt/budget.h"
 #include "mdhunt/interrupt.h"
 #include "mdhunt/log.h"
@@ -38,6 +39,9 @@ struct md_backend {
     char *tenant_id;
     char *client_id;
     char *url;              /* the hunting endpoint */
+    char *workspace_id;     /* sentinel */
+    char *default_timespan; /* sentinel: [api] default_timespan */
+    char prefer[64];        /* sentinel: "Prefer: wait=N", or "" */
     struct md_retry_policy policy;
     struct md_backend_hooks hooks;
     int budget_failed;      /* a budget error was logged once */
@@ -68,6 +72,10 @@ static const struct service services[] = {
       "AdvancedHunting.Read.All", "Microsoft Threat Protection",
       "the AdvancedHunting.Read.All application permission of the "
       "Microsoft Threat Protection API" },
+    /* Log Analytics: requests and replies in backend_la.c.  Access comes
+     * from an Azure role on the workspace, not an application role. */
+    { MD_BACKEND_SENTINEL, "Log Analytics", NULL, NULL, NULL, NULL, NULL,
+      NULL, NULL, "the Log Analytics Reader role on the workspace" },
 };
 
 static const struct service *find_service(enum md_backend_kind kind)
@@ -168,8 +176,11 @@ static int copy_settings(struct md_backend *b, const struct md_config *cfg,
 
     while (base_len > 0 && base[base_len - 1] == '/')
         base_len--;
-    if (md_buf_printf(&url, "%.*s%s", (int)base_len, base, svc->path) != 0
-        || (b->url = md_buf_detach(&url)) == NULL) {
+    /* The sentinel URL names the workspace: new_sentinel() builds it. */
+    if (svc->path != NULL
+        && (md_buf_printf(&url, "%.*s%s", (int)base_len, base,
+                          svc->path) != 0
+            || (b->url = md_buf_detach(&url)) == NULL)) {
         md_buf_free(&url);
         return -1;
     }
@@ -184,6 +195,21 @@ static int copy_settings(struct md_backend *b, const struct md_config *cfg,
     return b->tenant_id != NULL && b->client_id != NULL ? 0 : -1;
 }
 
+/* The sentinel backend's URL, workspace, timespan and Prefer header. */
+static int new_sentinel(struct md_backend *b, const struct md_config *cfg,
+                        const char *base, struct md_error *err)
+{
+    if (md_la_build_url(base, cfg->api.workspace_id, &b->url, err) != 0)
+        return -1;
+    b->workspace_id = md_strdup(cfg->api.workspace_id);
+    b->default_timespan = md_strdup(cfg->api.default_timespan);
+    if (b->workspace_id == NULL
+        || (cfg->api.default_timespan != NULL && b->default_timespan == NULL))
+        return md_error_set(err, MD_E_INTERNAL, "out of memory");
+    md_la_prefer_header(cfg->api.timeout, b->prefer, sizeof(b->prefer));
+    return 0;
+}
+
 int md_backend_new(const struct md_config *cfg, struct md_backend **out,
                    struct md_error *err)
 {
@@ -194,10 +220,8 @@ int md_backend_new(const struct md_config *cfg, struct md_backend **out,
 
     *out = NULL;
     if (svc == NULL)
-        return md_error_set(err, MD_E_CONFIG,
-                            "the %s backend is not supported yet; set "
-                            "[api] backend to graph or defender",
-                            md_backend_kind_name(cfg->api.backend));
+        return md_error_set(err, MD_E_INTERNAL, "no such backend: %d",
+                            (int)cfg->api.backend);
     base = md_auth_api_url(cfg);
     if (base == NULL)
         return md_error_set(err, MD_E_CONFIG,
@@ -211,6 +235,11 @@ int md_backend_new(const struct md_config *cfg, struct md_backend **out,
     if (copy_settings(b, cfg, svc, base) != 0) {
         md_backend_free(b);
         return md_error_set(err, MD_E_INTERNAL, "out of memory");
+    }
+    if (b->kind == MD_BACKEND_SENTINEL
+        && new_sentinel(b, cfg, base, err) != 0) {
+        md_backend_free(b);
+        return -1;
     }
 
     memset(&opts, 0, sizeof(opts));
@@ -239,6 +268,8 @@ void md_backend_free(struct md_backend *backend)
     free(backend->tenant_id);
     free(backend->client_id);
     free(backend->url);
+    free(backend->workspace_id);
+    free(backend->default_timespan);
     free(backend);
 }
 
@@ -294,6 +325,9 @@ int md_backend_build_body(enum md_backend_kind kind, const char *query,
     int rc = 0;
 
     *body = NULL;
+    if (kind == MD_BACKEND_SENTINEL)
+        return md_la_build_body(query, len, period_seconds, NULL, body,
+                                body_len, err);
     if (bad < len)
         return md_error_set(err, MD_E_RULE,
                             "the query is not valid UTF-8 (byte %zu of "
@@ -748,6 +782,8 @@ int md_backend_map_error(enum md_backend_kind kind,
 
     if (svc == NULL)
         return md_error_set(err, MD_E_INTERNAL, "no such backend");
+    if (kind == MD_BACKEND_SENTINEL)
+        return md_la_map_error(resp, NULL, err);
     read_envelope(kind, resp, &e);
     if (err == NULL)
         return -1;
@@ -809,14 +845,36 @@ static int is_json(const char *body, size_t len)
     return root != NULL;
 }
 
+/* A Log Analytics reply into a table.  A partial result is logged, and
+ * its table is flagged truncated, so that the diff reports no device
+ * gone. */
+static int read_sentinel_reply(struct md_backend *b,
+                               const struct md_http_response *resp,
+                               struct md_table **out, struct md_error *err)
+{
+    char *partial = NULL;
+
+    if (md_la_read_reply(resp, b->workspace_id, out, &partial, err) != 0)
+        return -1;
+    if (partial != NULL) {
+        md_warn("backend: Log Analytics returned a partial result of %zu "
+                "rows, which may lack devices (request id %s): %s",
+                (*out)->nrows, resp->ms_request_id[0] != '\0'
+                               ? resp->ms_request_id : "none", partial);
+        free(partial);
+    }
+    return 0;
+}
+
 /* One attempt: token, request, reply. */
 static int run_once(struct md_backend *b, const char *body, size_t body_len,
                     int flags, struct md_table **out,
                     struct attempt_outcome *outcome, struct md_error *err)
 {
-    static const char *const headers[] = {
+    const char *headers[] = {
         "Content-Type: application/json; charset=utf-8",
         "Accept: application/json",
+        NULL,               /* sentinel: Prefer: wait=N */
         NULL
     };
     const struct service *svc = find_service(b->kind);
@@ -832,6 +890,8 @@ static int run_once(struct md_backend *b, const char *body, size_t body_len,
     memset(&req, 0, sizeof(req));
     req.method = "POST";
     req.url = b->url;
+    if (b->prefer[0] != '\0')
+        headers[2] = b->prefer;
     req.headers = headers;
     req.bearer = token;
     req.body = body;
@@ -841,6 +901,13 @@ static int run_once(struct md_backend *b, const char *body, size_t body_len,
 
     if (md_http_perform(b->http, &req, &resp, err) != 0)
         goto out;
+    if (b->kind == MD_BACKEND_SENTINEL) {
+        rc = read_sentinel_reply(b, &resp, out, err);
+        outcome->unreadable = rc != 0 && resp.status == 200 &&
+                              err->kind == MD_E_SERVICE &&
+                              !is_json(resp.body.data, resp.body.len);
+        goto out;
+    }
     if (resp.status != 200) {
         md_backend_map_error(b->kind, &resp, err);
         goto out;
@@ -1237,8 +1304,11 @@ int md_backend_run(struct md_backend *backend, const char *query,
     *out = NULL;
     if (err == NULL)
         err = &local;
-    if (md_backend_build_body(backend->kind, query, len, period_seconds,
-                              &body, &body_len, err) != 0)
+    if (backend->kind == MD_BACKEND_SENTINEL
+        ? md_la_build_body(query, len, period_seconds,
+                           backend->default_timespan, &body, &body_len, err)
+        : md_backend_build_body(backend->kind, query, len, period_seconds,
+                                &body, &body_len, err))
         return -1;
     memset(&st, 0, sizeof(st));
     st.b = backend;

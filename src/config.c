@@ -147,6 +147,8 @@ static const struct enum_name send_when_names[] = {
 
 static int check_text(const char *value, char *hint, size_t size);
 static int check_guid(const char *value, char *hint, size_t size);
+static int check_iso_duration(const char *value, char *hint,
+                              size_t size);
 static int check_tenant(const char *value, char *hint, size_t size);
 static int check_https_url(const char *value, char *hint, size_t size);
 static int check_smtp_url(const char *value, char *hint, size_t size);
@@ -220,6 +222,10 @@ static const struct key_spec keys[] = {
     { SEC_API, "workspace_id", T_STRING, NULL, 0, 0, NULL, NULL,
       check_guid, CFG(api.workspace_id), 0,
       "Log Analytics workspace ID, for the sentinel backend" },
+    { SEC_API, "default_timespan", T_STRING, "P30D", 0, 0, NULL, NULL,
+      check_iso_duration, CFG(api.default_timespan), 0,
+      "time range of a sentinel query whose rule has no queryPeriod, "
+      "as an ISO 8601 duration" },
     { SEC_API, "max_retries", T_INT, "4", 0, 20, "retries", NULL,
       NULL, CFG(api.max_retries), 0,
       "retries of a failed request; 0 turns retrying off" },
@@ -432,6 +438,71 @@ static int check_guid(const char *value, char *hint, size_t size)
     if (!is_guid(value))
         return set_hint(hint, size, "expected a GUID such as "
                         "00000000-0000-0000-0000-000000000000");
+    return 0;
+}
+
+/*
+ * An ISO 8601 duration as Log Analytics takes for its timespan: PnW, or
+ * P[nD][T[nH][nM][n[.f]S]] with at least one part and more than zero
+ * time in all.  Years and months are rejected, because their length
+ * varies.
+ */
+static int check_iso_duration(const char *value, char *hint, size_t size)
+{
+    static const char form[] = "expected an ISO 8601 duration such as "
+                               "P30D, P7D or PT12H";
+    const char *p = value;
+    const char *units = "WD";
+    int in_time = 0;
+    int parts = 0;
+    int nonzero = 0;
+
+    if (*p++ != 'P')
+        return set_hint(hint, size, form);
+    while (*p != '\0') {
+        const char *start = p;
+        const char *unit;
+
+        if (*p == 'T' && !in_time) {
+            in_time = 1;
+            units = "HMS";
+            p++;
+            if (*p == '\0')
+                return set_hint(hint, size, form);
+            continue;
+        }
+        while (is_digit((unsigned char)*p))
+            p++;
+        if (p == start || p - start > 9)
+            return set_hint(hint, size, form);
+        for (const char *d = start; d < p; d++)
+            nonzero |= *d != '0';
+        if (*p == '.' && in_time) {
+            const char *fraction = ++p;
+
+            while (is_digit((unsigned char)*p))
+                nonzero |= *p++ != '0';
+            if (p == fraction || *p != 'S')
+                return set_hint(hint, size, form);
+        }
+        if (*p == 'Y' || (*p == 'M' && !in_time))
+            return set_hint(hint, size, "years and months have no fixed "
+                            "length; give days, e.g. P365D");
+        unit = *p != '\0' ? strchr(units, *p) : NULL;
+        if (unit == NULL)
+            return set_hint(hint, size, form);
+        /* Each unit once, in order; a week stands alone. */
+        if (*p == 'W' && p[1] != '\0')
+            return set_hint(hint, size, form);
+        units = unit + 1;
+        parts++;
+        p++;
+    }
+    if (parts == 0)
+        return set_hint(hint, size, form);
+    if (!nonzero)
+        return set_hint(hint, size, "the duration must be longer than "
+                        "zero");
     return 0;
 }
 

@@ -8,6 +8,8 @@
  *             {"Query": "..."}
  *             reply {"Stats": {...}, "Schema": [{"Name", "Type"}],
  *                    "Results": [{...}]}
+ *   sentinel  POST {url}/v1/workspaces/{workspace_id}/query
+ *             {"query": "...", "timespan": "P5D"}, see backend_la.h
  *
  * Reply keys and schema entry keys are matched case-insensitively, because
  * Microsoft's documentation shows both spellings.  The query reaches the
@@ -62,8 +64,8 @@ struct md_backend;
 /*
  * Create the backend named by cfg->api.backend, with the credential
  * already loaded (md_config_require_auth).  The settings are copied, so
- * cfg may be freed afterwards.  The sentinel backend is MD_E_CONFIG (not
- * supported yet).  The call budget goes into STORE_PATH.budget when cfg
+ * cfg may be freed afterwards.  The sentinel backend needs [api]
+ * workspace_id (MD_E_CONFIG without it).  The call budget goes into STORE_PATH.budget when cfg
  * has a [store] section.  A file that cannot be opened is warned about,
  * and the budget is kept in memory then.  Free with md_backend_free().
  */
@@ -142,11 +144,13 @@ const char *md_backend_permission_api(enum md_backend_kind kind);
 /*
  * Run one hunting query.  period_seconds is the rule's queryPeriod: graph
  * sends it as Timespan when > 0 (otherwise Graph scans its default of 30
- * days); defender ignores it, since the time range must be in the KQL.
+ * days); defender ignores it, since the time range must be in the KQL;
+ * sentinel sends it as timespan, else [api] default_timespan.
  * flags: MD_BACKEND_PROGRESS or 0.
  *
  * On success *out is a new table (free with md_table_free) whose truncated
- * flag is set when the reply held MD_SERVICE_ROW_LIMIT rows or more.
+ * flag is set when the reply held MD_SERVICE_ROW_LIMIT rows or more
+ * (sentinel: MD_LA_ROW_LIMIT rows, or a partial result, which is logged).
  * Failures are retried as the header comment describes.  On failure err
  * carries http_status, service_code and request_id where the service gave
  * them.  The kinds are those of md_backend_map_error(), of
@@ -164,7 +168,8 @@ int md_backend_run(struct md_backend *backend, const char *query,
 /*
  * Build the JSON request body for a backend: UTF-8, non-ASCII characters
  * unescaped.  A query that is not valid UTF-8 is MD_E_RULE.  *body is
- * NUL-terminated; free it with free().
+ * NUL-terminated; free it with free().  sentinel: md_la_build_body()
+ * without a default_timespan.
  */
 int md_backend_build_body(enum md_backend_kind kind, const char *query,
                           size_t len, int64_t period_seconds, char **body,
@@ -185,6 +190,7 @@ int md_backend_parse_defender(const char *body, size_t len,
 
 /*
  * Turn a reply with a status other than 200 into err and return -1.
+ * sentinel: md_la_map_error() without a workspace id.
  * Fills http_status, service_code (error.code) and request_id (Graph:
  * the request-id header or error.innerError.request-id; Defender:
  * error.target; else the x-ms-request-id header).  retry_after comes from

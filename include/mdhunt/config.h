@@ -94,6 +94,8 @@ struct md_config {
         char *proxy;
         size_t max_reply_size;        /* bytes, default 256 MiB */
         char *workspace_id;           /* sentinel backend */
+        char *default_timespan;       /* sentinel backend: ISO 8601
+                                         duration, default P30D */
         long max_retries;             /* retries of a request, default 4;
                                          0: none */
         int64_t max_retry_time;       /* seconds a request may spend

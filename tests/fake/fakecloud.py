@@ -11,13 +11,15 @@ to DIR/port and the CA certificate to trust to DIR/ca.pem.  Endpoints:
                                           Entra ID discovery (for MSAL)
   POST /v1.0/security/runHuntingQuery     Microsoft Graph
   POST /api/advancedhunting/run           Defender XDR advanced hunting
+  POST /v1/workspaces/{id}/query          Log Analytics (Sentinel)
 
 The fake is strict: it rejects what the real services reject, with their
 status and error body.  Tests control it through DIR/fake.json (see
 fakestate.py) and read every request it received from DIR/requests.jsonl.
 
 A fault in fake.json changes the replies of matching requests.  Keys:
-  endpoint       "token", "graph" or "defender"; absent matches all
+  endpoint       "token", "graph", "defender" or "loganalytics";
+                 absent matches all
   count          how many requests it applies to; absent means all
   delay          seconds to wait before the reply is sent
   status         reply status; with "error" ({"code", "message"}, for the
@@ -66,6 +68,8 @@ from entra import (assertion_for_log, handle_discovery,  # noqa: E402
                    parse_form_for_log)
 from fakestate import StateError, StateStore, TokenStore  # noqa: E402
 from hunting import handle_defender, handle_graph  # noqa: E402
+from loganalytics import (handle_loganalytics,  # noqa: E402
+                          match_workspace_path)
 from replies import Reply, Request, json_reply, service_error  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -90,6 +94,8 @@ def classify(path, options):
         return "graph"
     if lowered == "/api/advancedhunting/run":
         return "defender"
+    if match_workspace_path(path) is not None:
+        return "loganalytics"
     return None
 
 
@@ -295,6 +301,8 @@ class Handler(BaseHTTPRequestHandler):
             return handle_graph(request, state, self.server.tokens)
         if request.endpoint == "defender":
             return handle_defender(request, state, self.server.tokens)
+        if request.endpoint == "loganalytics":
+            return handle_loganalytics(request, state, self.server.tokens)
         return json_reply(404, {"error": {
             "code": "NotFound",
             "message": "fakecloud: no endpoint at %s" % request.path}})

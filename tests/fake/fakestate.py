@@ -11,6 +11,8 @@ request and reloads it when it changed.  The file contains:
                                 "pem": str, "expired": bool}],
               "roles": {resource: [application role, ...]}}]
   resources [App ID URI of each resource the directory contains, ...]
+  workspaces [{"id": GUID, "readers": [client_id, ...],
+               "empty": bool}], see loganalytics.py
   datasets  {name: dataset}, see hunting.py for the dataset format
   select    [{"dataset": name, "query_contains": str}
              | {"dataset": name, "query_sha256": hex}]
@@ -46,6 +48,10 @@ TENANT_ID = "3f1c2a9e-7b4d-4c8e-9a61-5d2e8f0b7c34"
 TENANT_DOMAIN = "contoso.onmicrosoft.com"
 CLIENT_ID = "8d0e5b17-2f6a-4e39-b1c4-7a9d3e6f2051"
 NO_ROLES_CLIENT_ID = "c47a91d2-5e08-4b6f-8d23-0f1e9b7a6c58"
+# Log Analytics workspaces: CLIENT_ID may read both, NO_ROLES_CLIENT_ID
+# neither; the empty one holds no data.
+WORKSPACE_ID = "5b8e2f14-6c3a-4d97-a0e1-9f4c7b2d6e83"
+EMPTY_WORKSPACE_ID = "e19d4c7a-3b52-4f08-96ad-2c7e5f1b0a94"
 
 # Every secret contains "CANARY", so a test can search any output for that
 # one word.  The characters "~", "+", "/" and "=" must be percent-encoded
@@ -60,6 +66,7 @@ TOKEN_MARKER = "TokenCanary"
 
 DEFAULT_TOKEN_LIFETIME = 3599
 ROW_LIMIT = 100000
+LA_ROW_LIMIT = 500000
 
 DEFAULT_OPTIONS = {
     # Seconds an access token lives and the expires_in the fake reports.
@@ -73,6 +80,9 @@ DEFAULT_OPTIONS = {
     "v1_token_endpoint": True,
     # Rows a hunting reply contains at most.
     "row_limit": ROW_LIMIT,
+    # Rows a Log Analytics reply contains at most; more rows make a
+    # partial result.
+    "la_row_limit": LA_ROW_LIMIT,
 }
 
 FAULT_KEYS = {
@@ -81,7 +91,7 @@ FAULT_KEYS = {
     "token", "reset", "on_calls", "expire_token",
 }
 FAULT_TOKEN_KEYS = {"lifetime", "expires_in_string", "expired_on_issue"}
-ENDPOINTS = {"token", "graph", "defender"}
+ENDPOINTS = {"token", "graph", "defender", "loganalytics"}
 
 GUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
@@ -122,6 +132,11 @@ def default_state():
         ],
         "resources": [GRAPH_RESOURCE, DEFENDER_RESOURCE, MDE_RESOURCE,
                       LOG_ANALYTICS_RESOURCE],
+        "workspaces": [
+            {"id": WORKSPACE_ID, "readers": [CLIENT_ID]},
+            {"id": EMPTY_WORKSPACE_ID, "readers": [CLIENT_ID],
+             "empty": True},
+        ],
         "datasets": {},
         "select": [],
         "default_dataset": None,

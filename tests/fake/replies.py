@@ -164,5 +164,10 @@ def service_error(request, status, error, headers=None):
     if request.endpoint == "graph":
         return graph_error(request, status, error.get("code", ""),
                            error.get("message", ""), headers)
+    if request.endpoint == "loganalytics":
+        # Imported here: loganalytics imports this module.
+        from loganalytics import la_error
+        return la_error(request, status, error.get("code", ""),
+                        error.get("message", ""), headers=headers)
     return defender_error(status, error.get("code", ""),
                           error.get("message", ""), headers)

@@ -46,6 +46,8 @@ NO_ROLES_SECRET = fakestate.NO_ROLES_SECRET
 GRAPH_ROLE = fakestate.GRAPH_ROLE
 DEFENDER_ROLE = fakestate.DEFENDER_ROLE
 TOKEN_MARKER = fakestate.TOKEN_MARKER
+WORKSPACE_ID = fakestate.WORKSPACE_ID
+EMPTY_WORKSPACE_ID = fakestate.EMPTY_WORKSPACE_ID
 
 # Every secret of the default state contains this word.
 SECRET_MARKER = "CANARY"
@@ -205,7 +207,7 @@ class FakeCloud:
 
     def requests(self, endpoint=None):
         """Return the logged requests, oldest first, optionally of one
-        endpoint ("token", "graph", "defender")."""
+        endpoint ("token", "graph", "defender", "loganalytics")."""
         entries = []
         try:
             with open(self.path("requests.jsonl"), encoding="utf-8") as f:
@@ -451,12 +453,16 @@ def config_text(fake, backend, secret_file=None, tenant=TENANT_ID,
                 client_id=CLIENT_ID, ca_file=None, timeout=10,
                 connect_timeout=5, url=None, authority_url=None,
                 extra="", certificate_file=None, private_key_file=None,
-                passphrase_file=None, assertion_alg=None):
+                passphrase_file=None, assertion_alg=None, workspace_id=None):
     """Return an mdhunt INI configuration for the fake and backend.
 
-    A value of None leaves its key out.  extra is appended as it is,
+    A value of None leaves its key out, except that the sentinel backend
+    gets WORKSPACE_ID unless workspace_id says otherwise ("" leaves it
+    out).  extra is appended as it is,
     right after the [api] keys.
     """
+    if backend == "sentinel" and workspace_id is None:
+        workspace_id = WORKSPACE_ID
     auth = [("tenant_id", tenant), ("client_id", client_id),
             ("client_secret_file", secret_file),
             ("certificate_file", certificate_file),
@@ -466,7 +472,8 @@ def config_text(fake, backend, secret_file=None, tenant=TENANT_ID,
             ("authority_url", authority_url or fake.url)]
     api = [("backend", backend), ("url", url or fake.url),
            ("ca_file", ca_file or fake.ca_file),
-           ("timeout", timeout), ("connect_timeout", connect_timeout)]
+           ("timeout", timeout), ("connect_timeout", connect_timeout),
+           ("workspace_id", workspace_id or None)]
     lines = ["[auth]"]
     lines += ["%s = %s" % (k, v) for k, v in auth if v is not None]
     lines += ["", "[api]"]

@@ -638,7 +638,7 @@ static void ms_request_id_is_fallback(void **state)
     free(body);
 }
 
-static void sentinel_not_supported(void **state)
+static void sentinel_needs_workspace(void **state)
 {
     struct md_config cfg;
     struct md_backend *b = (struct md_backend *)1;
@@ -650,7 +650,7 @@ static void sentinel_not_supported(void **state)
     md_error_clear(&err);
     assert_int_equal(md_backend_new(&cfg, &b, &err), -1);
     assert_int_equal(err.kind, MD_E_CONFIG);
-    assert_non_null(strstr(err.message, "not supported yet"));
+    assert_non_null(strstr(err.message, "[api] workspace_id is missing"));
     assert_null(b);
 }
 
@@ -682,7 +682,7 @@ int main(void)
         cmocka_unit_test(error_message_has_no_newline),
         cmocka_unit_test(graph_header_request_id_wins),
         cmocka_unit_test(ms_request_id_is_fallback),
-        cmocka_unit_test(sentinel_not_supported),
+        cmocka_unit_test(sentinel_needs_workspace),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -350,6 +350,21 @@ static const struct bad_case bad_cases[] = {
     { "", "[api]", "url = https://host:99999", "port" },
     { "", "[api]", "url = https://user:pw@host", "user name or password" },
     { "", "[api]", "workspace_id = 1234", "GUID" },
+    { "", "[api]", "default_timespan = 30d", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = P1M", "P365D" },
+    { "", "[api]", "default_timespan = P1Y", "P365D" },
+    { "", "[api]", "default_timespan = P0DT0H", "longer than zero" },
+    { "", "[api]", "default_timespan = P", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = PT", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = P5DT", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = PT1D", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = P1H", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = PT1S2M", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = P1W2D", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = p7d", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = PT1.S", "ISO 8601 duration" },
+    { "", "[api]", "default_timespan = P1234567890D",
+      "ISO 8601 duration" },
     { "", "[api]", "colour = red", "unknown key 'colour' in [api]" },
     { "", "[api]", "timeout =", "empty" },
     { "", "[store]", "keep_days = 90", "lower case" },
@@ -410,6 +425,36 @@ static void bad_value_names_line(void **state)
         assert_contains(msg, "t.ini:7: ");
         assert_contains(msg, c->expect);
     }
+}
+
+static void default_timespan_forms_accepted(void **state)
+{
+    static const char *const forms[] = {
+        "P7D", "PT12H", "P1DT6H30M", "PT90M", "PT0.5S", "P2W", "P0DT1S",
+    };
+    char text[128];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        struct md_config cfg;
+
+        print_message("%s\n", forms[i]);
+        snprintf(text, sizeof(text), "[api]\ndefault_timespan = %s\n",
+                 forms[i]);
+        load_ok(text, &cfg);
+        assert_string_equal(cfg.api.default_timespan, forms[i]);
+        md_config_free(&cfg);
+    }
+}
+
+static void default_timespan_is_p30d(void **state)
+{
+    struct md_config cfg;
+
+    (void)state;
+    assert_int_equal(md_config_init(&cfg), 0);
+    assert_string_equal(cfg.api.default_timespan, "P30D");
+    md_config_free(&cfg);
 }
 
 static void long_line_rejected(void **state)
@@ -1111,6 +1156,8 @@ int main(void)
         cmocka_unit_test(size_suffixes),
         cmocka_unit_test(accepted_values),
         cmocka_unit_test(bad_value_names_line),
+        cmocka_unit_test(default_timespan_forms_accepted),
+        cmocka_unit_test(default_timespan_is_p30d),
         cmocka_unit_test(long_line_rejected),
         cmocka_unit_test(longest_line_accepted),
         cmocka_unit_test(long_line_tail_ignored),
