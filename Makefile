@@ -91,6 +91,11 @@ install: $(BUILDDIR)/mdhunt
 	install -m 0644 config/mdhunt.ini.example \
 		$(DESTDIR)$(DOCDIR)/mdhunt.ini.example
 	install -m 0644 config/rules/*.yaml $(DESTDIR)$(SYSCONFDIR)/mdhunt/rules/
+	install -d $(DESTDIR)$(SYSCONFDIR)/mdhunt/rules-sentinel
+	install -m 0644 config/rules-sentinel/*.yaml \
+		$(DESTDIR)$(SYSCONFDIR)/mdhunt/rules-sentinel/
+	install -m 0644 config/exclusions.yaml.example \
+		$(DESTDIR)$(DOCDIR)/exclusions.yaml.example
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/mdhunt $(DESTDIR)$(MANDIR)/man1/mdhunt.1

@@ -19,15 +19,12 @@ from harness import (DEVICE_COLUMNS, FakeCloudTest, NO_ROLES_CLIENT_ID,
                      device_rows, expected_query, fault, request_body,
                      run_mdhunt, write_config, write_secret)
 
-# NOTE: the tests run only once the fake cloud serves Log Analytics
-# (fakestate.WORKSPACE_ID, exported by the harness); until then they are
-# skipped.
-WORKSPACE_ID = getattr(harness, "WORKSPACE_ID", None)
-EMPTY_WORKSPACE_ID = getattr(harness, "EMPTY_WORKSPACE_ID", None)
+WORKSPACE_ID = harness.WORKSPACE_ID
+EMPTY_WORKSPACE_ID = harness.EMPTY_WORKSPACE_ID
 
 RULES = os.path.join(REPO, "config", "rules")
 GRAPH_RULE = os.path.join(RULES, "rmm-zohoassist-file-signature.yaml")
-SENTINEL_RULE = os.path.join(RULES,
+SENTINEL_RULE = os.path.join(REPO, "config", "rules-sentinel",
                              "rmm-zohoassist-file-signature-sentinel.yaml")
 BACKENDS = ("graph", "defender", "sentinel")
 RULE_OF = {"graph": GRAPH_RULE, "defender": GRAPH_RULE,
@@ -73,8 +70,6 @@ def all_types_dataset():
     return {"columns": DEVICE_COLUMNS + EXTRA_COLUMNS, "rows": rows}
 
 
-@unittest.skipUnless(WORKSPACE_ID, "the fake cloud has no Log Analytics "
-                     "workspace (tests/fake/fakestate.py WORKSPACE_ID)")
 class SentinelTest(FakeCloudTest):
 
     def setUp(self):
