@@ -1069,6 +1069,21 @@ static int64_t quota_window(const char *message)
     return seconds;
 }
 
+/* The longest wait a reply may impose: the longest quota window the
+ * services document is one hour ("1500 per 01:00:00").  A larger
+ * Retry-After would otherwise hold every later call, of this process and
+ * of the next ones through the budget file, for days. */
+#define MAX_SERVER_WAIT_SECONDS 3600
+
+static int64_t retry_after_ms(const struct md_error *err)
+{
+    long seconds = err->retry_after;
+
+    if (seconds > MAX_SERVER_WAIT_SECONDS)
+        seconds = MAX_SERVER_WAIT_SECONDS;
+    return (int64_t)seconds * 1000;
+}
+
 /* Equal jitter within the window: between half of it and all of it, so
  * that rules hit together do not retry together. */
 static int64_t throttle_ms(const struct run_state *st,
@@ -1077,7 +1092,7 @@ static int64_t throttle_ms(const struct run_state *st,
     int64_t window;
 
     if (err->retry_after >= 0)
-        return (int64_t)err->retry_after * 1000;
+        return retry_after_ms(err);
     window = quota_window(err->message) * 1000;
     return window / 2 + (int64_t)(hook_random(st->b) * (double)window / 2);
 }
@@ -1175,16 +1190,17 @@ static int plan_retry(struct run_state *st, const struct attempt_outcome *o,
         *wait_ms = 0;
         break;
     case STEP_BACKOFF:
-        *wait_ms = err->retry_after >= 0
-                   ? (int64_t)err->retry_after * 1000 : backoff_ms(st);
+        *wait_ms = err->retry_after >= 0 ? retry_after_ms(err)
+                                         : backoff_ms(st);
         break;
     case STEP_THROTTLED:
         *wait_ms = throttle_ms(st, err);
         hold_calls(st, *wait_ms);
         break;
     default:
-        *wait_ms = (err->retry_after > 0 ? (int64_t)err->retry_after
-                    : MD_BUDGET_CPU_PAUSE_SECONDS) * 1000;
+        *wait_ms = err->retry_after > 0
+                   ? retry_after_ms(err)
+                   : (int64_t)MD_BUDGET_CPU_PAUSE_SECONDS * 1000;
         pause_tenant(st, err, *wait_ms);
         break;
     }
@@ -1245,10 +1261,14 @@ static int fail_no_slot(struct run_state *st, md_instant at,
     return md_error_set(err, MD_E_THROTTLED, "not sent: the call budget of "
                         "[api] max_calls_per_minute = %ld and "
                         "max_calls_per_hour = %ld has no slot before %s, "
-                        "later than [api] max_retry_time allows; run "
-                        "fewer rules, less often, or raise the limits",
+                        "later than [api] max_retry_time allows; the "
+                        "limits, or a wait the service asked for with "
+                        "HTTP 429, fill it (state in %s); run fewer rules, "
+                        "less often, or raise the limits",
                         st->b->limits.per_minute, st->b->limits.per_hour,
-                        md_time_format_seconds(at, text, sizeof(text)));
+                        md_time_format_seconds(at, text, sizeof(text)),
+                        md_budget_path(st->b->budget) != NULL
+                        ? md_budget_path(st->b->budget) : "memory");
 }
 
 /* Reserve the call in the budget and wait for its slot. */

@@ -44,6 +44,11 @@ static int reserve(struct md_buf *b, size_t extra)
     return 0;
 }
 
+int md_buf_reserve(struct md_buf *b, size_t extra)
+{
+    return reserve(b, extra);
+}
+
 int md_buf_append(struct md_buf *b, const void *data, size_t len)
 {
     if (reserve(b, len) != 0)

@@ -99,6 +99,12 @@ int md_cmd_rules(struct md_cli *cli, int argc, char **argv,
         return argc < 2 ? md_error_set(err, MD_E_USAGE,
                                        "rules: name a subcommand") : 0;
     }
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(rules_usage, stdout);
+            return 0;
+        }
+    }
     if (strcmp(argv[1], "validate") == 0)
         return cmd_validate(argc - 2, argv + 2, err);
     if (strcmp(argv[1], "show") == 0) {

@@ -11,6 +11,8 @@
  */
 #include "mdhunt/diff.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -243,26 +245,36 @@ static int cell_is_empty(const struct md_cell *cell)
  */
 static char *cell_text(const struct md_cell *cell, int lower)
 {
-    struct md_buf b = MD_BUF_INIT;
+    size_t nuls = 0;
+    char *text;
+    char *p;
 
     if (cell->kind == MD_J_NULL)
         return md_strdup("");
+    for (const char *q = memchr(cell->text, '\0', cell->len); q != NULL;
+         q = memchr(q + 1, '\0', cell->len - (size_t)(q + 1 - cell->text)))
+        nuls++;
+    /* Each NUL grows by 2 bytes into U+FFFD; nuls <= len. */
+    if (cell->len > (SIZE_MAX - 1) / 3)
+        return NULL;
+    text = malloc(cell->len + 2 * nuls + 1);
+    if (text == NULL)
+        return NULL;
+    p = text;
     for (size_t i = 0; i < cell->len; i++) {
         char ch = cell->text[i];
-        int rc;
 
-        if (ch == '\0')
-            rc = md_buf_puts(&b, "\xEF\xBF\xBD");
-        else if (lower && ch >= 'A' && ch <= 'Z')
-            rc = md_buf_putc(&b, (char)(ch - 'A' + 'a'));
-        else
-            rc = md_buf_putc(&b, ch);
-        if (rc != 0) {
-            md_buf_free(&b);
-            return NULL;
+        if (ch == '\0') {
+            memcpy(p, "\xEF\xBF\xBD", 3);
+            p += 3;
+        } else if (lower && ch >= 'A' && ch <= 'Z') {
+            *p++ = (char)(ch - 'A' + 'a');
+        } else {
+            *p++ = ch;
         }
     }
-    return md_buf_detach(&b);
+    *p = '\0';
+    return text;
 }
 
 /* Set *key to the row's key, or to NULL when a part is empty or null.
@@ -392,13 +404,16 @@ static struct md_event *add_event(struct diff_ctx *c, enum md_event_kind kind,
 static char *row_json_text(const struct md_table *t, size_t row,
                            struct md_error *err)
 {
-    json_t *obj = md_store_row_object(t, row, err);
+    struct md_buf b = MD_BUF_INIT;
     char *text;
 
-    if (obj == NULL)
+    if (md_store_row_text(t, row, NULL, &b, err) != 0) {
+        md_buf_free(&b);
         return NULL;
-    text = md_store_json_text(obj, err);
-    json_decref(obj);
+    }
+    text = md_buf_detach(&b);
+    if (text == NULL)
+        oom(err);
     return text;
 }
 
@@ -495,33 +510,41 @@ static char *merged_row_json(const struct diff_ctx *c, const struct merged *m,
                              size_t nrows, struct md_error *err)
 {
     const struct md_table *t = c->table;
-    json_t *obj = md_store_row_object(t, m->newest_row, err);
+    int earlier_first = m->has_first_seen &&
+                        m->earliest_row != m->newest_row;
+    int summed = m->has_count && nrows > 1;
+    const struct md_cell **cells = NULL;
+    struct md_cell count;
+    char number[32];
+    struct md_buf b = MD_BUF_INIT;
     char *text = NULL;
 
-    if (obj == NULL)
-        return NULL;
-    if (m->has_first_seen && m->earliest_row != m->newest_row) {
-        json_t *fs = md_store_cell_json(t, m->earliest_row,
-                                        (size_t)c->cols.first_seen, err);
-
-        if (fs == NULL)
-            goto out;
-        if (json_object_set_new(obj, t->columns[c->cols.first_seen].name,
-                                fs) != 0) {
+    if (earlier_first || summed) {
+        cells = calloc(t->ncolumns, sizeof(*cells));
+        if (cells == NULL) {
             oom(err);
-            goto out;
+            return NULL;
         }
     }
-    if (m->has_count && nrows > 1 &&
-        json_object_set_new(obj, t->columns[c->cols.count].name,
-                            json_integer(m->count)) != 0) {
-        oom(err);
-        goto out;
+    if (earlier_first)
+        cells[c->cols.first_seen] =
+            md_table_cell(t, m->earliest_row, (size_t)c->cols.first_seen);
+    if (summed) {
+        memset(&count, 0, sizeof(count));
+        count.kind = MD_J_INTEGER;
+        count.len = (size_t)snprintf(number, sizeof(number), "%lld",
+                                     (long long)m->count);
+        count.text = number;
+        count.v.i = m->count;
+        cells[c->cols.count] = &count;
     }
-    text = md_store_json_text(obj, err);
-
-out:
-    json_decref(obj);
+    if (md_store_row_text(t, m->newest_row, cells, &b, err) == 0) {
+        text = md_buf_detach(&b);
+        if (text == NULL)
+            oom(err);
+    }
+    md_buf_free(&b);
+    free(cells);
     return text;
 }
 

@@ -314,6 +314,17 @@ void md_digest_fingerprint(const struct md_digest *d, char hex[65])
         n = snprintf(text, sizeof(text), "%lld\n", (long long)ids[i]);
         ok = EVP_DigestUpdate(ctx, text, (size_t)n) == 1;
     }
+    /* Run ids start at 1 in every store, so the tenant and the times of
+     * the covered runs keep two stores (a rebuilt one, or one per tenant)
+     * from giving their first digests one Message-ID.  The same runs still
+     * give the same fingerprint. */
+    for (size_t i = 0; ok && i < d->nrules; i++) {
+        char text[48];
+        int n = snprintf(text, sizeof(text), "window %lld\n",
+                         (long long)d->rules[i].window_end);
+
+        ok = EVP_DigestUpdate(ctx, text, (size_t)n) == 1;
+    }
     if (ok && d->nrun_ids == 0) {
         char text[48];
         int n = snprintf(text, sizeof(text), "generated %lld\n",
@@ -321,6 +332,8 @@ void md_digest_fingerprint(const struct md_digest *d, char hex[65])
 
         ok = EVP_DigestUpdate(ctx, text, (size_t)n) == 1;
     }
+    if (ok && d->tenant != NULL)
+        ok = EVP_DigestUpdate(ctx, d->tenant, strlen(d->tenant)) == 1;
     ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
     EVP_MD_CTX_free(ctx);
     free(ids);

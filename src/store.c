@@ -2,9 +2,8 @@
  * The SQLite store.  The contract is in include/mdhunt/store.h.
  *
  * Every statement is a named constant below with bound parameters.  Each
- * function prepares what it needs and finalizes it before returning.  A
- * loop over rows reuses one prepared statement, and a run executes only a
- * few other statements, so a statement cache would save little.
+ * function takes what it needs from prepare() and gives it back with
+ * release() before returning; the store keeps the statements prepared.
  */
 #include "mdhunt/store.h"
 
@@ -17,7 +16,20 @@
 #include "mdhunt/buf.h"
 #include "mdhunt/log.h"
 
+/* Statements kept prepared for the life of the connection, keyed by the
+ * address of their SQL constant.  A run executes about 25 statements
+ * (more when it mails), so a cycle of small runs would otherwise spend
+ * much of its time compiling SQL. */
+#define STMT_CACHE_SIZE 64
+
+struct cached_stmt {
+    const char *sql;
+    sqlite3_stmt *stmt;
+    int in_use;
+};
+
 struct md_store {
+    struct cached_stmt cache[STMT_CACHE_SIZE];
     sqlite3 *db;
     char *path;
     int read_only;
@@ -207,10 +219,19 @@ static const char SQL_SCHEMA_3[] =
 
     "PRAGMA user_version = 3;";
 
+/*
+ * Version 4: no index on entity (last_seen).  No query used it, and each
+ * run rewrote one entry of it per device seen.
+ */
+static const char SQL_SCHEMA_4[] =
+    "DROP INDEX IF EXISTS entity_by_last_seen;"
+    "PRAGMA user_version = 4;";
+
 static const struct md_store_migration migrations[] = {
     { 1, SQL_SCHEMA_1 },
     { 2, SQL_SCHEMA_2 },
     { 3, SQL_SCHEMA_3 },
+    { 4, SQL_SCHEMA_4 },
 };
 
 #define NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
@@ -222,7 +243,13 @@ _Static_assert(NMIGRATIONS == MD_STORE_SCHEMA_VERSION,
 
 static const char SQL_USER_VERSION[] = "PRAGMA user_version";
 static const char SQL_WAL[] = "PRAGMA journal_mode = WAL";
+/* In WAL mode NORMAL syncs at checkpoints, not at every commit.  A power
+ * loss may then undo the last commits but never damages the database.  A
+ * run so lost is marked interrupted at the next open, or is gone, and its
+ * rule runs again: its new devices are reported twice, not missed. */
+static const char SQL_SYNCHRONOUS[] = "PRAGMA synchronous = NORMAL";
 static const char SQL_FOREIGN_KEYS[] = "PRAGMA foreign_keys = ON";
+static const char SQL_FOREIGN_KEYS_OFF[] = "PRAGMA foreign_keys = OFF";
 static const char SQL_BEGIN[] = "BEGIN IMMEDIATE";
 static const char SQL_COMMIT[] = "COMMIT";
 static const char SQL_ROLLBACK[] = "ROLLBACK";
@@ -281,6 +308,16 @@ static const char SQL_ENTITY_UPSERT[] =
     " exclusion_reason = excluded.exclusion_reason,"
     " exclusion_owner = excluded.exclusion_owner,"
     " exclusion_expires = excluded.exclusion_expires";
+
+/* The entity update of a run: the same parameters as SQL_ENTITY_UPSERT,
+ * which adds the entity when this changed no row. */
+static const char SQL_ENTITY_UPDATE[] =
+    "UPDATE entity SET device_id = ?3, device_name = ?4, first_run = ?5,"
+    " first_seen = ?6, last_run = ?7, last_seen = ?8,"
+    " telemetry_first_seen = ?9, telemetry_last_seen = ?10,"
+    " runs_seen = ?11, tracked_values = ?12, row_json = ?13,"
+    " excluded_by = ?14, exclusion_reason = ?15, exclusion_owner = ?16,"
+    " exclusion_expires = ?17 WHERE rule_id = ?1 AND key = ?2";
 
 static const char SQL_EVENT_INSERT[] =
     "INSERT INTO diff_event (run_id, seq, kind, key, row_json, first_seen,"
@@ -502,11 +539,48 @@ static int db_error(const struct md_store *st, sqlite3 *db, const char *what,
 static int prepare(struct md_store *st, const char *sql, sqlite3_stmt **stmt,
                    struct md_error *err)
 {
-    if (sqlite3_prepare_v2(st->db, sql, -1, stmt, NULL) != SQLITE_OK) {
+    struct cached_stmt *free_slot = NULL;
+
+    for (size_t i = 0; i < STMT_CACHE_SIZE; i++) {
+        struct cached_stmt *c = &st->cache[i];
+
+        if (c->sql == sql && !c->in_use) {
+            c->in_use = 1;
+            *stmt = c->stmt;
+            return 0;
+        }
+        if (c->sql == NULL && free_slot == NULL)
+            free_slot = c;
+    }
+    if (sqlite3_prepare_v3(st->db, sql, -1,
+                           free_slot != NULL ? SQLITE_PREPARE_PERSISTENT : 0,
+                           stmt, NULL) != SQLITE_OK) {
         *stmt = NULL;
         return db_error(st, st->db, "prepare a statement", err);
     }
+    if (free_slot != NULL) {
+        free_slot->sql = sql;
+        free_slot->stmt = *stmt;
+        free_slot->in_use = 1;
+    }
     return 0;
+}
+
+/* Give back a statement of prepare(): a cached one is reset for its next
+ * use, any other finalized.  NULL is ignored. */
+static void release(struct md_store *st, sqlite3_stmt *stmt)
+{
+    if (stmt == NULL)
+        return;
+    for (size_t i = 0; i < STMT_CACHE_SIZE; i++) {
+        if (st->cache[i].stmt == stmt) {
+            sqlite3_reset(stmt);
+            sqlite3_clear_bindings(stmt);
+            st->cache[i].in_use = 0;
+            return;
+        }
+    }
+    sqlite3_finalize(stmt);
 }
 
 /* Run a prepared statement that returns no row, then reset it. */
@@ -783,10 +857,10 @@ void md_rule_state_free(struct md_rule_state *state)
 
 /* ---- The row format ------------------------------------------------------ */
 
-json_t *md_store_cell_json(const struct md_table *t, size_t row, size_t col,
-                           struct md_error *err)
+/* The JSON value of a cell as the service typed it, or NULL when its text
+ * is not valid JSON or UTF-8, or memory ran out. */
+static json_t *cell_value(const struct md_cell *c)
 {
-    const struct md_cell *c = md_table_cell(t, row, col);
     json_t *value = NULL;
 
     switch (c->kind) {
@@ -810,11 +884,25 @@ json_t *md_store_cell_json(const struct md_table *t, size_t row, size_t col,
             value = json_stringn(c->text, c->len);
         break;
     }
+    return value;
+}
+
+static int cell_error(const struct md_table *t, size_t row, size_t col,
+                      struct md_error *err)
+{
+    return md_error_set(err, MD_E_INTERNAL,
+                        "cannot convert row %zu, column %s to JSON: the "
+                        "value is not valid JSON text or UTF-8, or memory "
+                        "ran out", row, t->columns[col].name);
+}
+
+json_t *md_store_cell_json(const struct md_table *t, size_t row, size_t col,
+                           struct md_error *err)
+{
+    json_t *value = cell_value(md_table_cell(t, row, col));
+
     if (value == NULL)
-        md_error_set(err, MD_E_INTERNAL,
-                     "cannot convert row %zu, column %s to JSON: the value "
-                     "is not valid JSON text or UTF-8, or memory ran out",
-                     row, t->columns[col].name);
+        cell_error(t, row, col, err);
     return value;
 }
 
@@ -856,6 +944,183 @@ char *md_store_json_text(const json_t *value, struct md_error *err)
     return text;
 }
 
+/* Whether a JSON string must escape the byte c: a control character, '"'
+ * or '\\'. */
+static int needs_escape(unsigned char c)
+{
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
+/* The most bytes write_json_string() writes for len bytes of text, or
+ * SIZE_MAX when that does not fit a size_t. */
+static size_t json_string_room(size_t len)
+{
+    return len > (SIZE_MAX - 3) / 6 ? SIZE_MAX : 6 * len + 2;
+}
+
+/*
+ * Write s at p as a JSON string with the escapes json_dumps() uses: \",
+ * \\, \b, \f, \n, \r, \t and \u00XX for the other control characters.
+ * p must have json_string_room(len) bytes.  Returns the end.
+ */
+static char *write_json_string(char *p, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    static const char short_escapes[0x20] = {
+        ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
+    };
+
+    *p++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (!needs_escape(c)) {
+            *p++ = (char)c;
+            continue;
+        }
+        *p++ = '\\';
+        if (c >= 0x20) {
+            *p++ = (char)c;
+        } else if (short_escapes[c] != 0) {
+            *p++ = short_escapes[c];
+        } else {
+            memcpy(p, "u00", 3);
+            p[3] = hex[c >> 4];
+            p[4] = hex[c & 0xf];
+            p += 5;
+        }
+    }
+    *p++ = '"';
+    return p;
+}
+
+static int put_json_string(struct md_buf *b, const char *s, size_t len)
+{
+    size_t room = json_string_room(len);
+
+    if (room == SIZE_MAX || md_buf_reserve(b, room) != 0)
+        return -1;
+    b->len = (size_t)(write_json_string(b->data + b->len, s, len) - b->data);
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+/* Whether text is a JSON number by the grammar of RFC 8259. */
+static int is_json_number(const char *text, size_t len)
+{
+    size_t i = 0;
+    size_t digits;
+
+    if (i < len && text[i] == '-')
+        i++;
+    for (digits = 0; i + digits < len && text[i + digits] >= '0' &&
+                     text[i + digits] <= '9'; )
+        digits++;
+    if (digits == 0 || (digits > 1 && text[i] == '0'))
+        return 0;
+    i += digits;
+    if (i < len && text[i] == '.') {
+        for (i++, digits = 0; i < len && text[i] >= '0' && text[i] <= '9';
+             i++)
+            digits++;
+        if (digits == 0)
+            return 0;
+    }
+    if (i < len && (text[i] == 'e' || text[i] == 'E')) {
+        i++;
+        if (i < len && (text[i] == '+' || text[i] == '-'))
+            i++;
+        for (digits = 0; i < len && text[i] >= '0' && text[i] <= '9'; i++)
+            digits++;
+        if (digits == 0)
+            return 0;
+    }
+    return i == len;
+}
+
+/* Append a number cell through jansson, as md_store_row_object() does,
+ * when its text is no plain JSON number or is an integer that may not
+ * fit 64 bits (jansson then makes it a string). */
+static int put_number_slowly(struct md_buf *b, const struct md_table *t,
+                             size_t row, size_t col, const struct md_cell *c,
+                             struct md_error *err)
+{
+    json_t *value = cell_value(c);
+    char *text;
+    int rc;
+
+    if (value == NULL)
+        return cell_error(t, row, col, err);
+    text = md_store_json_text(value, err);
+    json_decref(value);
+    if (text == NULL)
+        return -1;
+    rc = md_buf_puts(b, text);
+    free(text);
+    return rc != 0 ? oom(err) : 0;
+}
+
+/* The longest integer text (sign excluded) that always fits 64 bits. */
+#define SAFE_INTEGER_DIGITS 18
+
+static int put_cell(struct md_buf *b, const struct md_table *t, size_t row,
+                    size_t col, const struct md_cell *c,
+                    struct md_error *err)
+{
+    int is_true;
+    int rc;
+
+    switch (c->kind) {
+    case MD_J_NULL:
+        rc = md_buf_append(b, "null", 4);
+        break;
+    case MD_J_BOOL:
+        is_true = c->len == 4 && memcmp(c->text, "true", 4) == 0;
+        rc = md_buf_puts(b, is_true ? "true" : "false");
+        break;
+    case MD_J_STRING:
+        rc = put_json_string(b, c->text, c->len);
+        break;
+    case MD_J_INTEGER:
+    case MD_J_REAL:
+        if (!is_json_number(c->text, c->len) ||
+            (c->kind == MD_J_INTEGER &&
+             c->len > SAFE_INTEGER_DIGITS + (c->text[0] == '-')))
+            return put_number_slowly(b, t, row, col, c, err);
+        rc = md_buf_append(b, c->text, c->len);
+        break;
+    default:
+        /* table.h: an object's or array's text is compact JSON. */
+        rc = md_buf_append(b, c->text, c->len);
+        break;
+    }
+    return rc != 0 ? oom(err) : 0;
+}
+
+int md_store_row_text(const struct md_table *t, size_t row,
+                      const struct md_cell *const *cells, struct md_buf *b,
+                      struct md_error *err)
+{
+    if (md_buf_putc(b, '{') != 0)
+        return oom(err);
+    for (size_t col = 0; col < t->ncolumns; col++) {
+        const char *name = t->columns[col].name;
+        const struct md_cell *c = md_table_cell(t, row, col);
+
+        if (cells != NULL && cells[col] != NULL)
+            c = cells[col];
+        if ((col > 0 && md_buf_putc(b, ',') != 0) ||
+            put_json_string(b, name, strlen(name)) != 0 ||
+            md_buf_putc(b, ':') != 0)
+            return oom(err);
+        if (put_cell(b, t, row, col, c, err) != 0)
+            return -1;
+    }
+    if (md_buf_putc(b, '}') != 0)
+        return oom(err);
+    return 0;
+}
+
 /* ---- Opening and migrations ---------------------------------------------- */
 
 const char *md_store_path(const struct md_store *st)
@@ -882,7 +1147,7 @@ static int read_user_version(struct md_store *st, int64_t *version,
     if (prepare(st, SQL_USER_VERSION, &stmt, err) != 0)
         return -1;
     rc = query_int64(st, stmt, 0, version, "read the schema version", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -985,6 +1250,8 @@ void md_store_close(struct md_store *st)
 {
     if (st == NULL)
         return;
+    for (size_t i = 0; i < STMT_CACHE_SIZE; i++)
+        sqlite3_finalize(st->cache[i].stmt);
     if (st->db != NULL && sqlite3_close(st->db) != SQLITE_OK)
         md_warn("store %s: closing left statements open: %s", st->path,
                 sqlite3_errmsg(st->db));
@@ -995,7 +1262,10 @@ void md_store_close(struct md_store *st)
 static int open_connection(struct md_store *st, int flags,
                            struct md_error *err)
 {
-    int rc = sqlite3_open_v2(st->path, &st->db, flags, NULL);
+    /* mdhunt uses each connection from one thread only, so SQLite's
+     * mutexes around every call are not needed. */
+    int rc = sqlite3_open_v2(st->path, &st->db, flags | SQLITE_OPEN_NOMUTEX,
+                             NULL);
 
     if (rc != SQLITE_OK) {
         if (st->db == NULL)
@@ -1024,7 +1294,7 @@ static int enable_wal(struct md_store *st, struct md_error *err)
         return -1;
     if (sqlite3_step(stmt) != SQLITE_ROW) {
         db_error(st, st->db, "switch the journal to WAL", err);
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return -1;
     }
     mode = sqlite3_column_text(stmt, 0);
@@ -1035,7 +1305,7 @@ static int enable_wal(struct md_store *st, struct md_error *err)
                      "WAL; put the store on a local file system that "
                      "supports shared memory", st->path,
                      mode != NULL ? (const char *)mode : "(unknown)");
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (!ok)
         return -1;
 
@@ -1059,10 +1329,10 @@ static int mark_interrupted(struct md_store *st, struct md_error *err)
     if (check_binds(bind_text(stmt, 1, INTERRUPTED_MESSAGE), err) != 0 ||
         step_done(st, stmt, "mark unfinished runs as interrupted",
                   err) != 0) {
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return -1;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     st->interrupted_at_open = sqlite3_changes(st->db);
     if (st->interrupted_at_open > 0)
         md_warn("store %s: marked %ld unfinished run(s) as interrupted; "
@@ -1129,6 +1399,7 @@ int md_store_open(const char *path, int flags, struct md_store **out,
         /* Leave a newer store untouched, even its journal mode. */
         if (reject_newer(st, err) != 0 ||
             enable_wal(st, err) != 0 ||
+            exec_const(st, SQL_SYNCHRONOUS, "set the sync mode", err) != 0 ||
             migrate(st, migrations, NMIGRATIONS, err) != 0 ||
             mark_interrupted(st, err) != 0)
             goto fail;
@@ -1180,7 +1451,7 @@ static int insert_run_header(struct md_store *st,
                     bind_text(stmt, 2, s->query), err) != 0 ||
         step_done(st, stmt, "record the query", err) != 0)
         goto out;
-    sqlite3_finalize(stmt);
+    release(st, stmt);
 
     if (prepare(st, SQL_RULE_UPSERT, &stmt, err) != 0)
         goto out;
@@ -1190,7 +1461,7 @@ static int insert_run_header(struct md_store *st,
                     bind_text(stmt, 4, s->query_hash), err) != 0 ||
         step_done(st, stmt, "record the rule", err) != 0)
         goto out;
-    sqlite3_finalize(stmt);
+    release(st, stmt);
 
     if (prepare(st, SQL_RUN_INSERT, &stmt, err) != 0)
         goto out;
@@ -1208,7 +1479,7 @@ static int insert_run_header(struct md_store *st,
     rc = 0;
 
 out:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -1274,17 +1545,18 @@ static int running_rule_id(struct md_store *st, int64_t run_id,
         oom(err);
         goto fail;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return 0;
 
 fail:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return -1;
 }
 
 static int insert_rows(struct md_store *st, int64_t run_id,
                        const struct md_table *table, struct md_error *err)
 {
+    struct md_buf text = MD_BUF_INIT;
     sqlite3_stmt *stmt;
     int rc = -1;
 
@@ -1293,20 +1565,16 @@ static int insert_rows(struct md_store *st, int64_t run_id,
     if (prepare(st, SQL_RUN_ROW_INSERT, &stmt, err) != 0)
         return -1;
     for (size_t row = 0; row < table->nrows; row++) {
-        json_t *obj = md_store_row_object(table, row, err);
-        char *text;
         int brc;
 
-        if (obj == NULL)
+        md_buf_reset(&text);
+        if (md_store_row_text(table, row, NULL, &text, err) != 0)
             goto out;
-        text = md_store_json_text(obj, err);
-        json_decref(obj);
-        if (text == NULL)
-            goto out;
+        /* text stays unchanged until the step is done. */
         brc = sqlite3_bind_int64(stmt, 1, run_id) |
               sqlite3_bind_int64(stmt, 2, (int64_t)row) |
-              bind_text(stmt, 3, text);
-        free(text);
+              sqlite3_bind_text64(stmt, 3, text.data, text.len,
+                                  SQLITE_STATIC, SQLITE_UTF8);
         if (check_binds(brc, err) != 0 ||
             step_done(st, stmt, "store a result row", err) != 0)
             goto out;
@@ -1314,7 +1582,8 @@ static int insert_rows(struct md_store *st, int64_t run_id,
     rc = 0;
 
 out:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
+    md_buf_free(&text);
     return rc;
 }
 
@@ -1344,55 +1613,81 @@ static int tracked_values_text(const struct md_entity *e, char **out,
     return *out == NULL ? -1 : 0;
 }
 
+/* Bind an entity's columns.  The strings are bound without a copy, so
+ * e and tracked must stay unchanged until the step is done. */
 static int bind_entity(sqlite3_stmt *stmt, const char *rule_id,
-                       const struct md_entity *e, struct md_error *err)
+                       const struct md_entity *e, const char *tracked,
+                       struct md_error *err)
 {
-    char *tracked;
     int rc;
 
-    if (tracked_values_text(e, &tracked, err) != 0)
-        return -1;
-    rc = bind_text(stmt, 1, rule_id) |
-         bind_text(stmt, 2, e->key) |
-         bind_text(stmt, 3, e->device_id) |
-         bind_text(stmt, 4, e->device_name) |
-         sqlite3_bind_int64(stmt, 5, e->first_run) |
+    bind_static(stmt, 1, rule_id);
+    bind_static(stmt, 2, e->key);
+    bind_static(stmt, 3, e->device_id);
+    bind_static(stmt, 4, e->device_name);
+    bind_static(stmt, 12, tracked);
+    bind_static(stmt, 13, e->row_json);
+    bind_static(stmt, 14, e->excluded_by);
+    bind_static(stmt, 15, e->exclusion_reason);
+    bind_static(stmt, 16, e->exclusion_owner);
+    rc = sqlite3_bind_int64(stmt, 5, e->first_run) |
          sqlite3_bind_int64(stmt, 6, e->first_seen) |
          sqlite3_bind_int64(stmt, 7, e->last_run) |
          sqlite3_bind_int64(stmt, 8, e->last_seen) |
          bind_time(stmt, 9, e->telemetry_first_seen) |
          bind_time(stmt, 10, e->telemetry_last_seen) |
          sqlite3_bind_int64(stmt, 11, e->runs_seen) |
-         bind_text(stmt, 12, tracked) |
-         bind_text(stmt, 13, e->row_json) |
-         bind_text(stmt, 14, e->excluded_by) |
-         bind_text(stmt, 15, e->exclusion_reason) |
-         bind_text(stmt, 16, e->exclusion_owner) |
          bind_time(stmt, 17, e->excluded_by != NULL
                                  ? e->exclusion_expires
                                  : MD_STORE_TIME_NONE);
-    free(tracked);
     return check_binds(rc, err);
+}
+
+/* Update an entity, or add it when the update changed no row.  Updating
+ * first costs a new entity one failed lookup, and spares the 99% of keys
+ * that a run sees again the conflict handling of an upsert. */
+static int write_entity(struct md_store *st, sqlite3_stmt *update,
+                        sqlite3_stmt *insert, const char *rule_id,
+                        const struct md_entity *e, struct md_error *err)
+{
+    char *tracked;
+    int rc;
+
+    if (tracked_values_text(e, &tracked, err) != 0)
+        return -1;
+    rc = bind_entity(update, rule_id, e, tracked, err);
+    if (rc == 0)
+        rc = step_done(st, update, "update an entity", err);
+    if (rc == 0 && sqlite3_changes(st->db) == 0) {
+        rc = bind_entity(insert, rule_id, e, tracked, err);
+        if (rc == 0)
+            rc = step_done(st, insert, "add an entity", err);
+    }
+    free(tracked);
+    return rc;
 }
 
 static int upsert_entities(struct md_store *st, const char *rule_id,
                            const struct md_run_finish *fin,
                            struct md_error *err)
 {
-    sqlite3_stmt *stmt;
+    sqlite3_stmt *update = NULL;
+    sqlite3_stmt *insert = NULL;
     int rc = -1;
 
-    if (prepare(st, SQL_ENTITY_UPSERT, &stmt, err) != 0)
-        return -1;
+    if (prepare(st, SQL_ENTITY_UPDATE, &update, err) != 0 ||
+        prepare(st, SQL_ENTITY_UPSERT, &insert, err) != 0)
+        goto out;
     for (size_t i = 0; i < fin->nentities; i++) {
-        if (bind_entity(stmt, rule_id, &fin->entities[i], err) != 0 ||
-            step_done(st, stmt, "update an entity", err) != 0)
+        if (write_entity(st, update, insert, rule_id, &fin->entities[i],
+                         err) != 0)
             goto out;
     }
     rc = 0;
 
 out:
-    sqlite3_finalize(stmt);
+    release(st, update);
+    release(st, insert);
     return rc;
 }
 
@@ -1434,7 +1729,7 @@ static int insert_events(struct md_store *st, int64_t run_id,
     rc = 0;
 
 out:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -1464,7 +1759,7 @@ static int insert_issues(struct md_store *st, int64_t run_id,
     rc = 0;
 
 out:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -1478,10 +1773,10 @@ static int insert_outbox(struct md_store *st, md_instant created,
         return -1;
     sqlite3_bind_int64(stmt, 1, created);
     if (step_done(st, stmt, "queue a report in the outbox", err) != 0) {
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return -1;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     *outbox_id = sqlite3_last_insert_rowid(st->db);
 
     if (prepare(st, SQL_OUTBOX_RUN_INSERT, &stmt, err) != 0)
@@ -1491,11 +1786,11 @@ static int insert_outbox(struct md_store *st, md_instant created,
         sqlite3_bind_int64(stmt, 2, run_ids[i]);
         if (step_done(st, stmt, "link a run to its outbox item",
                       err) != 0) {
-            sqlite3_finalize(stmt);
+            release(st, stmt);
             return -1;
         }
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return 0;
 }
 
@@ -1520,8 +1815,35 @@ static int update_run_ok(struct md_store *st, int64_t run_id,
     rc = check_binds(rc, err);
     if (rc == 0)
         rc = step_done(st, stmt, "record the end of the run", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
+}
+
+/* The transaction of md_store_run_finish_ok().  Sets *rule_id (the
+ * caller frees it) as soon as it is known. */
+static int write_run_ok(struct md_store *st, int64_t run_id,
+                        const struct md_run_finish *fin, char **rule_id,
+                        int64_t *outbox_id, struct md_error *err)
+{
+    if (exec_const(st, SQL_BEGIN, "start a transaction", err) != 0)
+        return -1;
+    if (running_rule_id(st, run_id, rule_id, err) != 0 ||
+        insert_rows(st, run_id, fin->table, err) != 0 ||
+        upsert_entities(st, *rule_id, fin, err) != 0 ||
+        insert_events(st, run_id, fin, err) != 0 ||
+        insert_issues(st, run_id, fin, err) != 0)
+        goto fail;
+    if (fin->add_outbox &&
+        insert_outbox(st, fin->ended, &run_id, 1, outbox_id, err) != 0)
+        goto fail;
+    if (update_run_ok(st, run_id, fin, err) != 0 ||
+        exec_const(st, SQL_COMMIT, "commit the run", err) != 0)
+        goto fail;
+    return 0;
+
+fail:
+    rollback(st);
+    return -1;
 }
 
 int md_store_run_finish_ok(struct md_store *st, int64_t run_id,
@@ -1530,26 +1852,34 @@ int md_store_run_finish_ok(struct md_store *st, int64_t run_id,
 {
     char *rule_id = NULL;
     int64_t item = 0;
+    int rc;
 
     if (outbox_id != NULL)
         *outbox_id = 0;
     if (st->read_only)
         return read_only_error(st, err);
 
-    if (exec_const(st, SQL_BEGIN, "start a transaction", err) != 0)
+    /*
+     * With foreign keys on, SQLite keeps a statement journal for each
+     * entity update, in case it has to undo it: 1.5 GB written to a
+     * temporary file for 100,000 entities.  Every key this transaction
+     * writes is the running run's or was read from the store, so the
+     * checks are off for it.
+     */
+    if (exec_const(st, SQL_FOREIGN_KEYS_OFF, "turn foreign keys off",
+                   err) != 0)
         return -1;
-    if (running_rule_id(st, run_id, &rule_id, err) != 0 ||
-        insert_rows(st, run_id, fin->table, err) != 0 ||
-        upsert_entities(st, rule_id, fin, err) != 0 ||
-        insert_events(st, run_id, fin, err) != 0 ||
-        insert_issues(st, run_id, fin, err) != 0)
-        goto fail;
-    if (fin->add_outbox &&
-        insert_outbox(st, fin->ended, &run_id, 1, &item, err) != 0)
-        goto fail;
-    if (update_run_ok(st, run_id, fin, err) != 0 ||
-        exec_const(st, SQL_COMMIT, "commit the run", err) != 0)
-        goto fail;
+    rc = write_run_ok(st, run_id, fin, &rule_id, &item, err);
+    if (sqlite3_exec(st->db, SQL_FOREIGN_KEYS, NULL, NULL, NULL)
+        != SQLITE_OK)
+        md_warn("store %s: cannot turn foreign keys back on: %s",
+                st->path, sqlite3_errmsg(st->db));
+    if (rc != 0) {
+        md_error_prefix(err, "run %lld of rule %s not recorded",
+                        (long long)run_id, rule_id != NULL ? rule_id : "?");
+        free(rule_id);
+        return -1;
+    }
 
     if (outbox_id != NULL)
         *outbox_id = item;
@@ -1558,13 +1888,6 @@ int md_store_run_finish_ok(struct md_store *st, int64_t run_id,
              fin->table != NULL ? fin->table->nrows : 0, fin->nevents);
     free(rule_id);
     return 0;
-
-fail:
-    rollback(st);
-    md_error_prefix(err, "run %lld of rule %s not recorded",
-                    (long long)run_id, rule_id != NULL ? rule_id : "?");
-    free(rule_id);
-    return -1;
 }
 
 int md_store_run_finish_failed(struct md_store *st, int64_t run_id,
@@ -1591,7 +1914,7 @@ int md_store_run_finish_failed(struct md_store *st, int64_t run_id,
     rc = check_binds(rc, err);
     if (rc == 0)
         rc = step_done(st, stmt, "record the failed run", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != 0)
         return -1;
     if (sqlite3_changes(st->db) != 1)
@@ -1752,7 +2075,7 @@ static int read_ids(struct md_store *st, sqlite3_stmt *stmt, int64_t **out,
     *n = 0;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
         if (push_id(out, n, &cap, sqlite3_column_int64(stmt, 0)) != 0) {
-            sqlite3_finalize(stmt);
+            release(st, stmt);
             free(*out);
             *out = NULL;
             *n = 0;
@@ -1761,13 +2084,13 @@ static int read_ids(struct md_store *st, sqlite3_stmt *stmt, int64_t **out,
     }
     if (rc != SQLITE_DONE) {
         db_error(st, st->db, what, err);
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         free(*out);
         *out = NULL;
         *n = 0;
         return -1;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return 0;
 }
 
@@ -1811,7 +2134,7 @@ int md_store_outbox_pending(struct md_store *st, md_instant due,
         db_error(st, st->db, "list the pending outbox items", err);
         goto fail;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     *out = items;
     *n = count;
     return 0;
@@ -1819,7 +2142,7 @@ int md_store_outbox_pending(struct md_store *st, md_instant due,
 fail_oom:
     oom(err);
 fail:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     md_outbox_items_free(items, count);
     return -1;
 }
@@ -1850,7 +2173,7 @@ static int query_one(struct md_store *st, const char *sql, const char *param,
     if (param != NULL)
         bind_static(stmt, 1, param);
     rc = query_int64(st, stmt, dflt, out, what, err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -1900,7 +2223,7 @@ static int insert_digest(struct md_store *st, const struct md_outbox_digest *d,
     rc = check_binds(rc, err);
     if (rc == 0)
         rc = step_done(st, stmt, "record the digest", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc == 0)
         *digest_id = sqlite3_last_insert_rowid(st->db);
     return rc;
@@ -1925,7 +2248,7 @@ static int take_items(struct md_store *st, const struct md_outbox_digest *d,
                               "taken by another digest already", st->path,
                               (long long)d->outbox_ids[i]);
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -2020,7 +2343,7 @@ int md_store_digest_get(struct md_store *st, int64_t id, int with_message,
     sqlite3_bind_int64(stmt, 1, id);
     rc = sqlite3_step(stmt);
     if (rc == SQLITE_DONE) {
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return md_error_set(err, MD_E_USAGE,
                             "store %s: digest %lld not found; `mdhunt "
                             "outbox` lists the digests", st->path,
@@ -2028,13 +2351,13 @@ int md_store_digest_get(struct md_store *st, int64_t id, int with_message,
     }
     if (rc != SQLITE_ROW) {
         db_error(st, st->db, "read a digest", err);
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return -1;
     }
     rc = read_digest_columns(stmt, out);
     if (rc == 0 && with_message)
         rc = read_message_blob(stmt, 13, out);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != 0) {
         md_outbox_digest_clear(out);
         return oom(err);
@@ -2078,7 +2401,7 @@ int md_store_digest_list(struct md_store *st, unsigned states,
         }
         v[count++] = d;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != SQLITE_DONE) {
         md_outbox_digests_free(v, count);
         return db_error(st, st->db, "list the digests", err);
@@ -2094,7 +2417,7 @@ int md_store_digest_list(struct md_store *st, unsigned states,
     return 0;
 
 fail_oom:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     md_outbox_digests_free(v, count);
     return oom(err);
 }
@@ -2136,7 +2459,7 @@ int md_store_digest_counts(struct md_store *st,
                 (const char *)sqlite3_column_text(stmt, 0), &state) == 0)
             counts[state] = sqlite3_column_int64(stmt, 1);
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != SQLITE_DONE)
         return db_error(st, st->db, "count the digests", err);
     return 0;
@@ -2170,7 +2493,7 @@ static int mark_digest(struct md_store *st, int64_t id, const char *from,
     if (check_binds(rc, err) != 0 ||
         step_done(st, stmt, "record the delivery attempt", err) != 0)
         goto fail;
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     stmt = NULL;
     if (sqlite3_changes(st->db) != 1) {
         md_error_set(err, MD_E_STORE, "store %s: digest %lld not found, or "
@@ -2187,7 +2510,7 @@ static int mark_digest(struct md_store *st, int64_t id, const char *from,
         if (step_done(st, stmt, "update the digest's outbox items",
                       err) != 0)
             goto fail;
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         stmt = NULL;
     }
     if (exec_const(st, SQL_COMMIT, "commit the delivery attempt", err) != 0)
@@ -2195,7 +2518,7 @@ static int mark_digest(struct md_store *st, int64_t id, const char *from,
     return 0;
 
 fail:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     rollback(st);
     return -1;
 }
@@ -2233,7 +2556,7 @@ static int prune_step(struct md_store *st, const char *sql, int64_t param,
         return -1;
     sqlite3_bind_int64(stmt, 1, param);
     rc = step_done(st, stmt, "prune old result rows", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc == 0)
         *deleted += sqlite3_changes(st->db);
     return rc;
@@ -2412,10 +2735,10 @@ static int load_last_ok(struct md_store *st, const char *rule_id,
         column_hash(stmt, 1, state->last_ok_query_hash);
     } else if (rc != SQLITE_DONE) {
         db_error(st, st->db, "read the last successful run", err);
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return -1;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return 0;
 }
 
@@ -2434,7 +2757,7 @@ static int load_reference_run(struct md_store *st, const char *rule_id,
     bind_static(stmt, 2, state->last_ok_query_hash);
     rc = query_int64(st, stmt, state->last_ok_run, &epoch_start,
                      "find the first run of the current query", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != 0)
         return -1;
 
@@ -2444,7 +2767,7 @@ static int load_reference_run(struct md_store *st, const char *rule_id,
     sqlite3_bind_int64(stmt, 2, epoch_start);
     rc = query_int64(st, stmt, epoch_start, &complete,
                      "find the last complete run", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != 0)
         return -1;
     state->reference_run = complete;
@@ -2471,7 +2794,7 @@ int md_store_load_state(struct md_store *st, const char *rule_id,
                                     ? state->reference_run : INT64_MAX);
     rc = read_entities(st, stmt, 0, &state->entities, &state->nentities,
                        err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != 0)
         md_rule_state_free(state);
     return rc;
@@ -2525,7 +2848,7 @@ static int read_event_counts(struct md_store *st, struct md_run *run,
         if (md_event_kind_from_name(name, &kind) == 0)
             run->event_counts[kind] = sqlite3_column_int64(stmt, 1);
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != SQLITE_DONE)
         return db_error(st, st->db, "count the run's events", err);
     return 0;
@@ -2543,7 +2866,7 @@ int md_store_run_get(struct md_store *st, int64_t run_id,
     sqlite3_bind_int64(stmt, 1, run_id);
     rc = sqlite3_step(stmt);
     if (rc == SQLITE_DONE) {
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return md_error_set(err, MD_E_USAGE,
                             "store %s: run %lld not found; `mdhunt status` "
                             "lists the latest runs", st->path,
@@ -2551,11 +2874,11 @@ int md_store_run_get(struct md_store *st, int64_t run_id,
     }
     if (rc != SQLITE_ROW) {
         db_error(st, st->db, "read a run", err);
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return -1;
     }
     rc = read_run_columns(stmt, run);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != 0) {
         md_run_clear(run);
         return oom(err);
@@ -2578,7 +2901,7 @@ int md_store_last_ok_run(struct md_store *st, const char *rule_id,
     bind_static(stmt, 1, rule_id);
     rc = query_int64(st, stmt, 0, run_id, "find the last successful run",
                      err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -2593,7 +2916,7 @@ int md_store_last_due(struct md_store *st, const char *rule_id,
     bind_static(stmt, 1, rule_id);
     rc = query_int64(st, stmt, MD_STORE_TIME_NONE, due,
                      "read the last due time", err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -2608,24 +2931,24 @@ static int read_rule(struct md_store *st, const char *rule_id,
     bind_static(stmt, 1, rule_id);
     rc = sqlite3_step(stmt);
     if (rc == SQLITE_DONE) {
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return md_error_set(err, MD_E_USAGE,
                             "store %s: rule %s has never run; check the id "
                             "with `mdhunt status`", st->path, rule_id);
     }
     if (rc != SQLITE_ROW) {
         db_error(st, st->db, "read a rule", err);
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return -1;
     }
     if (column_strdup(stmt, 0, &s->rule_id) != 0 ||
         column_strdup(stmt, 1, &s->name) != 0 ||
         column_strdup(stmt, 2, &s->file) != 0) {
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         return oom(err);
     }
     column_hash(stmt, 3, s->query_hash);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return 0;
 }
 
@@ -2656,14 +2979,14 @@ int md_store_rule_status(struct md_store *st, const char *rule_id,
     rc = sqlite3_step(stmt);
     if (rc != SQLITE_ROW) {
         db_error(st, st->db, "summarise the rule's runs", err);
-        sqlite3_finalize(stmt);
+        release(st, stmt);
         goto fail;
     }
     for (int i = 0; i < 3; i++)
         ids[i] = sqlite3_column_int64(stmt, i);
     status->consecutive_failures = sqlite3_column_int64(stmt, 3);
     status->entity_count = sqlite3_column_int64(stmt, 4);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
 
     if (run_get_optional(st, ids[0], &status->last_run, err) != 0 ||
         run_get_optional(st, ids[1], &status->last_ok_run, err) != 0 ||
@@ -2700,13 +3023,13 @@ static int read_rule_ids(struct md_store *st, char ***out, size_t *n,
         db_error(st, st->db, "list the rules", err);
         goto fail;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     *out = ids;
     *n = count;
     return 0;
 
 fail:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     for (size_t i = 0; i < count; i++)
         free(ids[i]);
     free(ids);
@@ -2764,7 +3087,7 @@ int md_store_devices(struct md_store *st, const char *rule_id,
     bind_static(stmt, 1, rule_id);
     bind_time(stmt, 2, since);
     rc = read_entities(st, stmt, 1, out, n, err);
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     return rc;
 }
 
@@ -2807,11 +3130,11 @@ static int read_events(struct md_store *st, struct md_run_diff *d,
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
         if (grow((void **)&d->events, &cap, d->nevents,
                  sizeof(*d->events)) != 0) {
-            sqlite3_finalize(stmt);
+            release(st, stmt);
             return oom(err);
         }
         if (read_event(stmt, &d->events[d->nevents]) != 0) {
-            sqlite3_finalize(stmt);
+            release(st, stmt);
             return md_error_set(err, MD_E_STORE,
                                 "store %s: cannot read event %zu of run "
                                 "%lld: unknown kind, or out of memory",
@@ -2819,7 +3142,7 @@ static int read_events(struct md_store *st, struct md_run_diff *d,
         }
         d->nevents++;
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != SQLITE_DONE)
         return db_error(st, st->db, "read the run's events", err);
     return 0;
@@ -2840,7 +3163,7 @@ static int read_issues(struct md_store *st, struct md_run_diff *d,
 
         if (grow((void **)&d->exclusion_issues, &cap, d->nexclusion_issues,
                  sizeof(*d->exclusion_issues)) != 0) {
-            sqlite3_finalize(stmt);
+            release(st, stmt);
             return oom(err);
         }
         is = &d->exclusion_issues[d->nexclusion_issues];
@@ -2848,11 +3171,11 @@ static int read_issues(struct md_store *st, struct md_run_diff *d,
         d->nexclusion_issues++;
         if (column_strdup(stmt, 0, &is->entry_id) != 0 ||
             column_strdup(stmt, 1, &is->message) != 0) {
-            sqlite3_finalize(stmt);
+            release(st, stmt);
             return oom(err);
         }
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != SQLITE_DONE)
         return db_error(st, st->db, "read the run's exclusion issues", err);
     return 0;
@@ -2912,7 +3235,7 @@ int md_store_exclusion_counts(struct md_store *st,
         c->run_id = sqlite3_column_int64(stmt, 2);
         c->devices = sqlite3_column_int64(stmt, 3);
     }
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     if (rc != SQLITE_DONE) {
         md_exclusion_counts_free(v, count);
         return db_error(st, st->db, "count the excluded devices", err);
@@ -2922,7 +3245,7 @@ int md_store_exclusion_counts(struct md_store *st,
     return 0;
 
 fail_oom:
-    sqlite3_finalize(stmt);
+    release(st, stmt);
     md_exclusion_counts_free(v, count);
     return oom(err);
 }

@@ -30,6 +30,11 @@ int md_buf_putc(struct md_buf *b, char c);
 int md_buf_printf(struct md_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Make room for extra more bytes and the NUL, so that the caller may
+ * write that many at data + len, then raise len and write the NUL.
+ * Returns 0, or -1 when memory ran out or max would be exceeded. */
+int md_buf_reserve(struct md_buf *b, size_t extra);
+
 /* Forget the content but keep the memory. */
 void md_buf_reset(struct md_buf *b);
 

@@ -152,9 +152,10 @@ int md_digest_add_run(struct md_digest *d, int64_t run_id,
 
 /*
  * Write the hex SHA-256 of the covered run ids (sorted, duplicates
- * ignored) into hex, which needs 65 bytes.  The same runs always give the
- * same fingerprint; a digest without runs hashes its time instead.  The
- * mail's Message-ID and MIME boundaries derive from the fingerprint.
+ * ignored), the rules' run windows and the tenant into hex, which needs 65
+ * bytes; a digest without runs hashes its time instead.  The same runs
+ * always give the same fingerprint.  The mail's Message-ID and MIME
+ * boundaries derive from it.
  */
 void md_digest_fingerprint(const struct md_digest *d, char hex[65]);
 

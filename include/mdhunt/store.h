@@ -36,12 +36,13 @@
 
 #include <jansson.h>
 
+#include "mdhunt/buf.h"
 #include "mdhunt/error.h"
 #include "mdhunt/mdtime.h"
 #include "mdhunt/table.h"
 
 /* The schema version this binary creates and reads. */
-#define MD_STORE_SCHEMA_VERSION 3
+#define MD_STORE_SCHEMA_VERSION 4
 
 /* How long a statement waits for another connection's lock, in ms. */
 #define MD_STORE_BUSY_TIMEOUT_MS 10000
@@ -602,5 +603,18 @@ json_t *md_store_row_object(const struct md_table *t, size_t row,
 
 /* Compact JSON text of a JSON value; the caller frees it with free(). */
 char *md_store_json_text(const json_t *value, struct md_error *err);
+
+/*
+ * Append a row to b as compact JSON text: the object that
+ * md_store_row_object() builds, written straight from the cells without
+ * jansson values.  cells, when not NULL, has t->ncolumns entries, and a
+ * non-NULL entry replaces the row's cell of that column.  A real keeps
+ * the table's text, which may differ in digits from json_dumps() but
+ * reads back as the same number.  Errors are MD_E_INTERNAL: out of
+ * memory, or a cell whose text is not valid JSON.
+ */
+int md_store_row_text(const struct md_table *t, size_t row,
+                      const struct md_cell *const *cells, struct md_buf *b,
+                      struct md_error *err);
 
 #endif

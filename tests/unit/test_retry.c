@@ -324,6 +324,23 @@ static void retry_after_seconds_honoured(void **state)
     finish(f);
 }
 
+static void huge_retry_after_capped(void **state)
+{
+    static const struct step steps[] = {
+        REPLY_AFTER(429, DEFENDER_MINUTE, 99999999), REPLY(200, GRAPH_OK)
+    };
+    struct fixture *f = START(MD_BACKEND_GRAPH, steps);
+    struct md_error err;
+
+    (void)state;
+    set_policy(f, 4, 7200);
+    assert_int_equal(run(f, &err), 0);
+    assert_int_equal(f->script.nwaits, 1);
+    /* No documented quota window is longer than an hour. */
+    assert_int_equal(f->script.waits[0], 3600 * 1000);
+    finish(f);
+}
+
 static void server_error_retry_after_honoured(void **state)
 {
     static const struct step steps[] = {
@@ -818,6 +835,7 @@ int main(void)
         cmocka_unit_test(non_json_reply_retried),
         cmocka_unit_test(retry_after_seconds_honoured),
         cmocka_unit_test(server_error_retry_after_honoured),
+        cmocka_unit_test(huge_retry_after_capped),
         cmocka_unit_test(minute_quota_waits_within_window),
         cmocka_unit_test(hour_quota_fails_without_waiting),
         cmocka_unit_test(throttle_holds_later_calls),
