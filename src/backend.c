@@ -499,7 +499,7 @@ static int parse_reply(const struct service *svc, const char *body,
     int rc = -1;
 
     *out = NULL;
-    root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+    root = md_json_load_reply(body, len, &jerr);
     if (root == NULL) {
         quote_text(text, sizeof(text), jerr.text, strlen(jerr.text),
                    sizeof(text));
@@ -839,7 +839,7 @@ struct attempt_outcome {
 static int is_json(const char *body, size_t len)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+    json_t *root = md_json_load_reply(body, len, &jerr);
 
     json_decref(root);
     return root != NULL;

@@ -440,7 +440,7 @@ int md_la_parse_reply(const char *body, size_t len, struct md_table **out,
                             "an empty body, which the service sends when "
                             "the request has no JSON body or no "
                             "Content-Type: application/json");
-    root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+    root = md_json_load_reply(body, len, &jerr);
     if (root == NULL) {
         quote_text(text, sizeof(text), jerr.text, strlen(jerr.text),
                    sizeof(text));

@@ -9,6 +9,7 @@
 #include "mdhunt/table.h"
 
 #include "mdhunt/buf.h"
+#include "mdhunt/log.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -1065,4 +1066,100 @@ int md_table_set_cell_json(struct md_table *t, struct md_cell *cell,
         break;
     }
     return set_text(t, cell, value, err);
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The code unit of a "\uXXXX" escape at s (6 bytes available), or -1. */
+static long escape_unit(const char *s, size_t avail)
+{
+    long v = 0;
+
+    if (avail < 6 || s[0] != '\\' || s[1] != 'u')
+        return -1;
+    for (int i = 2; i < 6; i++) {
+        int h = hex_value(s[i]);
+
+        if (h < 0)
+            return -1;
+        v = v * 16 + h;
+    }
+    return v;
+}
+
+/*
+ * Replace every "\uD800".."\uDFFF" escape that is not part of a valid
+ * surrogate pair with "\uFFFD" (the same length), inside JSON strings.
+ * Returns the number of replacements.
+ */
+static size_t replace_lone_surrogates(char *s, size_t len)
+{
+    size_t count = 0;
+    int in_string = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        long unit;
+
+        if (!in_string) {
+            if (s[i] == '"')
+                in_string = 1;
+            continue;
+        }
+        if (s[i] == '"') {
+            in_string = 0;
+            continue;
+        }
+        if (s[i] != '\\' || i + 1 >= len)
+            continue;
+        unit = escape_unit(s + i, len - i);
+        if (unit < 0xD800 || unit > 0xDFFF) {
+            i += unit >= 0 ? 5 : 1;     /* skip the escape */
+            continue;
+        }
+        if (unit <= 0xDBFF) {
+            long low = escape_unit(s + i + 6, len - i - 6);
+
+            if (low >= 0xDC00 && low <= 0xDFFF) {
+                i += 11;                /* a valid pair */
+                continue;
+            }
+        }
+        memcpy(s + i, "\\ufffd", 6);
+        count++;
+        i += 5;
+    }
+    return count;
+}
+
+json_t *md_json_load_reply(const char *body, size_t len, json_error_t *jerr)
+{
+    json_t *root;
+    char *copy;
+
+    /* Fast path: most replies hold no surrogate escape at all. */
+    if (memmem(body, len, "\\ud", 3) == NULL &&
+        memmem(body, len, "\\uD", 3) == NULL)
+        return json_loadb(body, len, JSON_ALLOW_NUL, jerr);
+
+    copy = malloc(len > 0 ? len : 1);
+    if (copy == NULL) {
+        if (jerr != NULL)
+            snprintf(jerr->text, sizeof(jerr->text), "out of memory");
+        return NULL;
+    }
+    memcpy(copy, body, len);
+    if (replace_lone_surrogates(copy, len) > 0)
+        md_debug("reply: unpaired UTF-16 surrogates replaced by U+FFFD");
+    root = json_loadb(copy, len, JSON_ALLOW_NUL, jerr);
+    free(copy);
+    return root;
 }

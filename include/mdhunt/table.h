@@ -150,4 +150,13 @@ int md_table_set_cell_json(struct md_table *t, struct md_cell *cell,
  * out of memory. */
 char *md_table_strdup(struct md_table *t, const char *s, size_t len);
 
+/*
+ * Parse a service reply with JSON_ALLOW_NUL.  An escape of an unpaired
+ * UTF-16 surrogate ("\uD800" alone), which Windows file names can carry
+ * into the telemetry and which jansson rejects, is read as U+FFFD instead
+ * of failing the whole reply.  Returns a new reference, or NULL with jerr
+ * filled.
+ */
+json_t *md_json_load_reply(const char *body, size_t len, json_error_t *jerr);
+
 #endif

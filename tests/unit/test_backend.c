@@ -135,6 +135,29 @@ static void graph_reply_nul_in_value(void **state)
     md_table_free(t);
 }
 
+static void graph_reply_lone_surrogates(void **state)
+{
+    static const char body[] =
+        "{\"schema\":[{\"name\":\"N\",\"type\":\"String\"}],"
+        "\"results\":[{\"N\":\"a\\ud800b\"},{\"N\":\"\\udc00\"},"
+        "{\"N\":\"\\ud83d\\ude00\"},{\"N\":\"x\\\\ud800\"}]}";
+    struct md_table *t = NULL;
+    struct md_error err;
+
+    (void)state;
+    md_error_clear(&err);
+    assert_int_equal(md_backend_parse_graph(body, sizeof(body) - 1, &t,
+                                            &err), 0);
+    assert_int_equal(t->nrows, 4);
+    /* Unpaired halves become U+FFFD; a pair and an escaped backslash
+     * followed by "ud800" stay as they are. */
+    assert_cell_text(t, 0, 0, "a\xef\xbf\xbd" "b", 5);
+    assert_cell_text(t, 1, 0, "\xef\xbf\xbd", 3);
+    assert_cell_text(t, 2, 0, "\xf0\x9f\x98\x80", 4);
+    assert_cell_text(t, 3, 0, "x\\ud800", 7);
+    md_table_free(t);
+}
+
 static void graph_reply_nulls_and_gaps(void **state)
 {
     struct md_table *t = parse_ok(md_backend_parse_graph, "graph_ok.json");
@@ -661,6 +684,7 @@ int main(void)
         cmocka_unit_test(graph_reply_typed_cells),
         cmocka_unit_test(graph_reply_nested_dynamic),
         cmocka_unit_test(graph_reply_nul_in_value),
+        cmocka_unit_test(graph_reply_lone_surrogates),
         cmocka_unit_test(graph_reply_nulls_and_gaps),
         cmocka_unit_test(graph_reply_upper_case_keys),
         cmocka_unit_test(defender_reply_parses),
