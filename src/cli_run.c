@@ -38,10 +38,13 @@ static const char run_usage[] =
 "      --rule ID    with --once: run only this rule, due or not\n"
 "  -h, --help       show this help\n"
 "\n"
+"A rule file with a problem is logged and skipped; the other rules run.\n"
+"\n"
 "Exit status of --once: 0 when every run succeeded or none was due,\n"
-"6 when some failed, the error's own status when the one rule of --rule\n"
-"failed, 130 when SIGINT or SIGTERM stopped it, 75 when another runner\n"
-"holds the store's lock, 2 for configuration and rule errors.\n";
+"6 when some failed or a rule file was skipped, the error's own status\n"
+"when the one rule of --rule failed, 130 when SIGINT or SIGTERM stopped\n"
+"it, 75 when another runner holds the store's lock, 2 for configuration\n"
+"errors and when no rule could be loaded.\n";
 
 /* Exit status of one cycle, once its runs were logged. */
 static int once_status(const struct md_cycle_result *res, int one_rule)
@@ -138,6 +141,8 @@ int md_cmd_run(struct md_cli *cli, int argc, char **argv,
         status = -1;
     } else {
         status = once_status(&res, opts.rule_id != NULL);
+        if (status == MD_EXIT_OK && md_runner_rule_problems(runner))
+            status = MD_EXIT_PARTIAL;
         /* Mail errors are logged there and leave the digests queued; the
          * exit status describes the runs. */
         if (!res.interrupted) {

@@ -37,6 +37,7 @@ struct md_runner {
     int daemon;
     int all;
     char *rule_id;                  /* opts->rule_id, or NULL */
+    int rule_problems;              /* some rule files were skipped */
 };
 
 static volatile sig_atomic_t reload_requested;
@@ -432,14 +433,37 @@ static void share_budget(const char *store_path, struct md_backend *backend)
     md_buf_free(&path);
 }
 
+/*
+ * Load the rules of cfg.  A rule file with a problem is logged and
+ * skipped, so that one broken file does not stop every other rule;
+ * *problems is set then.  Fails only when no rule could be loaded or
+ * something other than a rule file failed.
+ */
+static int load_rules(const struct md_config *cfg, struct md_ruleset *rules,
+                      int *problems, struct md_error *err)
+{
+    *problems = 0;
+    if (md_ruleset_load((const char *const *)cfg->rules.paths,
+                        count_paths(cfg->rules.paths), 1, rules, err) == 0)
+        return 0;
+    if (err->kind == MD_E_RULE && rules->nrules > 0) {
+        md_error_log("some rule files were skipped (see above); the other "
+                     "%zu rules run", rules->nrules);
+        md_error_clear(err);
+        *problems = 1;
+        return 0;
+    }
+    md_ruleset_free(rules);
+    return -1;
+}
+
 /* Load the rules, the secret and the backend of cfg. */
-static int load_parts(const struct md_runner *r, struct md_config *cfg,
+static int load_parts(struct md_runner *r, struct md_config *cfg,
                       struct md_ruleset *rules, struct md_backend **backend,
                       struct md_error *err)
 {
     *backend = NULL;
-    if (md_ruleset_load((const char *const *)cfg->rules.paths,
-                        count_paths(cfg->rules.paths), 0, rules, err) != 0)
+    if (load_rules(cfg, rules, &r->rule_problems, err) != 0)
         return -1;
     if (r->hooks.query != NULL)
         return 0;
@@ -512,9 +536,7 @@ int md_runner_new(struct md_config *cfg, const struct md_runner_options *opts,
         }
     }
 
-    if (md_ruleset_load((const char *const *)r->cfg.rules.paths,
-                        count_paths(r->cfg.rules.paths), 0, &r->rules,
-                        err) != 0)
+    if (load_rules(&r->cfg, &r->rules, &r->rule_problems, err) != 0)
         goto fail;
     if (r->rule_id != NULL && md_ruleset_find(&r->rules, r->rule_id) == NULL) {
         md_error_set(err, MD_E_USAGE, "no rule with id \"%s\" under the "
@@ -1137,4 +1159,9 @@ int md_runner_loop(struct md_runner *r, struct md_error *err)
     else if (rc != 0)
         md_error_log("runner stopped: %s", err->message);
     return rc;
+}
+
+int md_runner_rule_problems(const struct md_runner *r)
+{
+    return r->rule_problems;
 }

@@ -252,4 +252,8 @@ int md_runner_reload_pending(void);
 /* "SIGINT", "SIGTERM", "SIGHUP", else "a signal". */
 const char *md_runner_signal_name(int signo);
 
+/* Nonzero when some rule files had problems and were skipped; run --once
+ * then exits with MD_EXIT_PARTIAL even when every run succeeded. */
+int md_runner_rule_problems(const struct md_runner *r);
+
 #endif

@@ -264,6 +264,22 @@ class RunOnceTest(RunnerTest):
         self.assertIn("rule bad: run", result.stderr)
         self.assertEqual(self.rule_status("good")["last_run"]["status"], "ok")
 
+    def test_broken_rule_file_skipped(self):
+        self.write_rule("good")
+        with open(os.path.join(self.rules_dir, "broken.yaml"), "w",
+                  encoding="utf-8") as f:
+            f.write("id: broken\nquery: [\n")
+        result = self.run_once(now=T0, code=6)
+        self.assertIn("broken.yaml", result.stderr)
+        self.assertEqual(self.rule_status("good")["last_run"]["status"], "ok")
+
+    def test_no_loadable_rule_exits_2(self):
+        with open(os.path.join(self.rules_dir, "broken.yaml"), "w",
+                  encoding="utf-8") as f:
+            f.write("id: broken\nquery: [\n")
+        result = self.run_once(now=T0, code=2)
+        self.assertIn("broken.yaml", result.stderr)
+
     def test_unknown_rule_exits_2(self):
         self.write_rule("zoho")
         result = self.run_once("--rule", "nosuch", code=2)
