@@ -126,6 +126,19 @@ static struct md_table *new_table(const struct column_spec *cols, size_t n,
 }
 
 /* Set a string cell; NULL leaves it null. */
+static int set_text_len(struct md_table *t, struct md_cell *cell,
+                        const char *s, size_t len, struct md_error *err)
+{
+    if (s == NULL)
+        return 0;
+    cell->len = len;
+    cell->text = md_table_strdup(t, s, len);
+    if (cell->text == NULL)
+        return oom(err);
+    cell->kind = MD_J_STRING;
+    return 0;
+}
+
 static int set_text(struct md_table *t, struct md_cell *cell, const char *s,
                     struct md_error *err)
 {
@@ -382,7 +395,8 @@ static int set_member(struct md_table *t, struct md_cell *cell,
     if (v == NULL || json_is_null(v))
         return 0;
     if (json_is_string(v))
-        return set_text(t, cell, json_string_value(v), err);
+        return set_text_len(t, cell, json_string_value(v),
+                            json_string_length(v), err);
     text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     if (text == NULL)
         return oom(err);

@@ -367,6 +367,35 @@ static int device_column(const char *name)
 }
 
 /* The string member of obj named name, ignoring ASCII case, or NULL. */
+/* Replace the NUL bytes inside the row's string values with U+FFFD: the
+ * digest works on C strings, and a name cut at a NUL could pass for a
+ * known device's name. */
+static void replace_nuls(json_t *row)
+{
+    const char *key;
+    json_t *value;
+
+    json_object_foreach(row, key, value) {
+        const char *text = json_is_string(value) ? json_string_value(value)
+                                                 : NULL;
+        size_t len = text != NULL ? json_string_length(value) : 0;
+        struct md_buf fixed = MD_BUF_INIT;
+        int failed = 0;
+
+        if (text == NULL || strlen(text) == len)
+            continue;
+        for (size_t i = 0; i < len && !failed; i++) {
+            if (text[i] == '\0')
+                failed = md_buf_puts(&fixed, "\xef\xbf\xbd") != 0;
+            else
+                failed = md_buf_putc(&fixed, text[i]) != 0;
+        }
+        if (!failed)
+            json_string_setn(value, fixed.data, fixed.len);
+        md_buf_free(&fixed);
+    }
+}
+
 static const char *member_text(json_t *obj, const char *name)
 {
     const char *key;
@@ -490,11 +519,13 @@ static int add_hit(struct compose_ctx *c, size_t rule,
         return 0;
     hit.rule = rule;
     if (ev->row_json != NULL)
-        row = json_loads(ev->row_json, 0, NULL);
+        row = json_loads(ev->row_json, JSON_ALLOW_NUL, NULL);
     if (row != NULL && !json_is_object(row)) {
         json_decref(row);
         row = NULL;
     }
+    if (row != NULL)
+        replace_nuls(row);
     if (row != NULL) {
         hit.device_id = member_text(row, "DeviceId");
         hit.device_name = member_text(row, "DeviceName");

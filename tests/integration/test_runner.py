@@ -211,6 +211,18 @@ class RunOnceTest(RunnerTest):
         self.assertEqual(sorted(line.split(",")[0] for line in lines[1:]),
                          ["gone", "new"])
 
+    def test_diff_shows_name_after_nul(self):
+        self.write_rule("zoho")
+        self.run_once(now=T0)
+        hidden = device_rows(1, seed=14)[0]
+        hidden[1] = "nul\u0000hidden.contoso.local"
+        self.set_rows(self.rows + [hidden])
+        self.run_once(now=T0_PLUS_1H)
+
+        table = self.mdhunt("diff", "--rule", "zoho")
+        self.assertEqual(table.code, 0, table.stderr)
+        self.assertIn(b"nul\\0hidden.contoso.local", table.stdout)
+
     def test_run_once_runs_only_due_rules(self):
         self.write_rule("hourly", frequency="1h")
         self.write_rule("daily", frequency="1d")
