@@ -13,6 +13,7 @@
  */
 #include "mdhunt/config.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
@@ -154,6 +155,7 @@ static int check_https_url(const char *value, char *hint, size_t size);
 static int check_smtp_url(const char *value, char *hint, size_t size);
 static int check_address(const char *value, char *hint, size_t size);
 static int check_column(const char *value, char *hint, size_t size);
+static int check_proxy_url(const char *value, char *hint, size_t size);
 
 #define CFG(field) offsetof(struct md_config, field)
 #define RULE(field) offsetof(struct md_rule_config, field)
@@ -214,7 +216,7 @@ static const struct key_spec keys[] = {
       NULL, CFG(api.timeout), 0,
       "seconds allowed for a whole request" },
     { SEC_API, "proxy", T_STRING, NULL, 0, 0, NULL, NULL,
-      check_text, CFG(api.proxy), 0,
+      check_proxy_url, CFG(api.proxy), 0,
       "HTTP(S) proxy URL" },
     { SEC_API, "max_reply_size", T_SIZE, "256M", MIB, INT64_MAX, NULL,
       NULL, NULL, CFG(api.max_reply_size), 0,
@@ -408,6 +410,28 @@ static int has_control(const char *s)
         if (c < 0x20 || c == 0x7f)
             return 1;
     }
+    return 0;
+}
+
+/* A proxy URL may carry a user name and password, and libcurl quotes a
+ * URL it cannot read in its error messages: check it here, where the
+ * value is never shown. */
+static int check_proxy_url(const char *value, char *hint, size_t size)
+{
+    CURLU *url;
+    CURLUcode rc;
+
+    if (has_control(value))
+        return set_hint(hint, size, "control characters are not allowed");
+    url = curl_url();
+    if (url == NULL)
+        return set_hint(hint, size, "out of memory");
+    rc = curl_url_set(url, CURLUPART_URL, value, CURLU_NON_SUPPORT_SCHEME);
+    curl_url_cleanup(url);
+    if (rc != CURLUE_OK)
+        return set_hint(hint, size, "not a URL; write it as "
+                        "http://HOST:PORT and percent-encode special "
+                        "characters of a user name or password");
     return 0;
 }
 
@@ -1280,6 +1304,7 @@ static int on_value(void *user, const char *section, const char *name,
     if (rc == -2)
         p->out_of_memory = 1;
     else if (rc != 0 && ((k->flags & F_SECRET) != 0 ||
+                         k->check == check_proxy_url ||
                          has_url_credentials(value)))
         report(p, p->line, "invalid %s %s (value not shown): %s", label,
                name, hint);

@@ -577,6 +577,19 @@ static void secret_value_not_shown(void **state)
                  "hunter2");
 }
 
+static void bad_proxy_url_not_shown(void **state)
+{
+    struct md_error err;
+    const char *message;
+
+    (void)state;
+    message = load_fails("[api]\nproxy = http://user:pa/ss@127.0.0.1:3128\n",
+                         &err);
+    assert_contains(message, "t.ini:2:");
+    assert_contains(message, "[api] proxy");
+    assert_lacks(message, "pa/ss");
+}
+
 static void missing_file_names_path(void **state)
 {
     struct md_config cfg;
@@ -1168,6 +1181,7 @@ int main(void)
         cmocka_unit_test(both_client_secrets_rejected),
         cmocka_unit_test(password_file_needs_username),
         cmocka_unit_test(secret_value_not_shown),
+        cmocka_unit_test(bad_proxy_url_not_shown),
         cmocka_unit_test(missing_file_names_path),
         cmocka_unit_test(directory_rejected),
         cmocka_unit_test(comments_and_blank_lines),
