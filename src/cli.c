@@ -49,7 +49,7 @@ static const char usage_text[] =
 "\n"
 "Exit status:\n"
 "  0   success\n"
-"  1   internal error\n"
+"  1   internal or store error\n"
 "  2   usage, configuration or rule error\n"
 "  3   authentication or permission error\n"
 "  4   query rejected by the service (syntax, too large, preempted)\n"

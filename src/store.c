@@ -11,6 +11,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "mdhunt/buf.h"
@@ -1262,9 +1263,20 @@ void md_store_close(struct md_store *st)
 static int open_connection(struct md_store *st, int flags,
                            struct md_error *err)
 {
+    int rc;
+
+    /* The store names the organisation's devices: create it readable by
+     * its owner only.  SQLite gives the -wal and -shm files the same
+     * mode. */
+    if ((flags & SQLITE_OPEN_CREATE) != 0) {
+        int fd = open(st->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+        if (fd >= 0)
+            close(fd);
+    }
     /* mdhunt uses each connection from one thread only, so SQLite's
      * mutexes around every call are not needed. */
-    int rc = sqlite3_open_v2(st->path, &st->db, flags | SQLITE_OPEN_NOMUTEX,
+    rc = sqlite3_open_v2(st->path, &st->db, flags | SQLITE_OPEN_NOMUTEX,
                              NULL);
 
     if (rc != SQLITE_OK) {

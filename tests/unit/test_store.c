@@ -5,6 +5,8 @@
  */
 #include "testutil.h"
 
+#include <sys/stat.h>
+
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,6 +313,19 @@ static void test_open_enables_wal(void **state)
     assert_int_equal(sql_int(db, "PRAGMA busy_timeout", 0),
                      MD_STORE_BUSY_TIMEOUT_MS);
     assert_int_equal(sql_int(db, "PRAGMA foreign_keys", 0), 1);
+}
+
+static void test_new_store_owner_only(void **state)
+{
+    struct fixture *fx = *state;
+    char wal[1024];
+    struct stat st;
+
+    assert_int_equal(stat(fx->path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    snprintf(wal, sizeof(wal), "%s-wal", fx->path);
+    assert_int_equal(stat(wal, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
 }
 
 static void test_wal_file_kept_after_close(void **state)
@@ -1020,6 +1035,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         DIR_TEST(test_open_creates_schema),
         STORE_TEST(test_open_enables_wal),
+        STORE_TEST(test_new_store_owner_only),
         STORE_TEST(test_wal_file_kept_after_close),
         STORE_TEST(test_open_twice_keeps_data),
         DIR_TEST(test_newer_schema_rejected),
