@@ -1145,10 +1145,13 @@ json_t *md_json_load_reply(const char *body, size_t len, json_error_t *jerr)
     json_t *root;
     char *copy;
 
-    /* Fast path: most replies hold no surrogate escape at all. */
-    if (memmem(body, len, "\\ud", 3) == NULL &&
-        memmem(body, len, "\\uD", 3) == NULL)
-        return json_loadb(body, len, JSON_ALLOW_NUL, jerr);
+    /* Fast path: most replies hold no surrogate escape at all.  An empty
+     * body may come as NULL, which memmem() must not see. */
+    if (body == NULL || len == 0 ||
+        (memmem(body, len, "\\ud", 3) == NULL &&
+         memmem(body, len, "\\uD", 3) == NULL))
+        return json_loadb(body != NULL ? body : "", len, JSON_ALLOW_NUL,
+                          jerr);
 
     copy = malloc(len > 0 ? len : 1);
     if (copy == NULL) {
