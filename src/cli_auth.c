@@ -156,6 +156,11 @@ int md_cmd_auth(struct md_cli *cli, int argc, char **argv,
     if (optind >= argc || strcmp(argv[optind], "check") != 0)
         return md_error_set(err, MD_E_USAGE, "auth: expected the "
                             "subcommand check; see mdhunt auth --help");
+    if (optind + 2 == argc && (strcmp(argv[optind + 1], "--help") == 0 ||
+                               strcmp(argv[optind + 1], "-h") == 0)) {
+        fputs(auth_usage, stdout);
+        return 0;
+    }
     if (optind + 1 != argc)
         return md_error_set(err, MD_E_USAGE, "auth check: unexpected "
                             "argument %s; it takes none", argv[optind + 1]);
