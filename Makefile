@@ -181,8 +181,8 @@ demo:
 	sh scripts/demo.sh
 
 # The benchmark of mdhunt's own cost against a floor and two peer scripts:
-# writes BENCHMARKS.md in about 6 minutes (bench/run.py).  Not part of
-# check or CI.
+# writes BENCHMARKS.md in 3 to 5 minutes (bench/run.py; the first run of a
+# day generates the data).  Not part of check or CI.
 BENCH_BIN := $(BUILDDIR)/bench/measure $(BUILDDIR)/bench/floor_parse
 
 $(BUILDDIR)/bench/measure: bench/measure.c

@@ -251,6 +251,10 @@ static const char SQL_WAL[] = "PRAGMA journal_mode = WAL";
 static const char SQL_SYNCHRONOUS[] = "PRAGMA synchronous = NORMAL";
 static const char SQL_FOREIGN_KEYS[] = "PRAGMA foreign_keys = ON";
 static const char SQL_FOREIGN_KEYS_OFF[] = "PRAGMA foreign_keys = OFF";
+
+/* Entities from which md_store_run_finish_ok() writes with foreign keys
+ * off; its comment says why. */
+#define FOREIGN_KEYS_OFF_MIN_ENTITIES 1000
 static const char SQL_BEGIN[] = "BEGIN IMMEDIATE";
 static const char SQL_COMMIT[] = "COMMIT";
 static const char SQL_ROLLBACK[] = "ROLLBACK";
@@ -604,9 +608,16 @@ static int step_done(struct md_store *st, sqlite3_stmt *stmt,
 static int exec_const(struct md_store *st, const char *sql, const char *what,
                       struct md_error *err)
 {
-    if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK)
-        return db_error(st, st->db, what, err);
-    return 0;
+    sqlite3_stmt *stmt;
+    int rc;
+
+    if (prepare(st, sql, &stmt, err) != 0)
+        return -1;
+    rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        db_error(st, st->db, what, err);
+    release(st, stmt);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
 }
 
 static void rollback(struct md_store *st)
@@ -1864,6 +1875,7 @@ int md_store_run_finish_ok(struct md_store *st, int64_t run_id,
 {
     char *rule_id = NULL;
     int64_t item = 0;
+    int fk_off;
     int rc;
 
     if (outbox_id != NULL)
@@ -1875,14 +1887,17 @@ int md_store_run_finish_ok(struct md_store *st, int64_t run_id,
      * With foreign keys on, SQLite keeps a statement journal for each
      * entity update, in case it has to undo it: 1.5 GB written to a
      * temporary file for 100,000 entities.  Every key this transaction
-     * writes is the running run's or was read from the store, so the
-     * checks are off for it.
+     * writes is the running run's or was read from the store, so a large
+     * run turns the checks off.  A small one keeps them: switching them
+     * expires every prepared statement.
      */
-    if (exec_const(st, SQL_FOREIGN_KEYS_OFF, "turn foreign keys off",
-                   err) != 0)
+    fk_off = fin->nentities >= FOREIGN_KEYS_OFF_MIN_ENTITIES;
+    if (fk_off && exec_const(st, SQL_FOREIGN_KEYS_OFF,
+                             "turn foreign keys off", err) != 0)
         return -1;
     rc = write_run_ok(st, run_id, fin, &rule_id, &item, err);
-    if (sqlite3_exec(st->db, SQL_FOREIGN_KEYS, NULL, NULL, NULL)
+    if (fk_off &&
+        sqlite3_exec(st->db, SQL_FOREIGN_KEYS, NULL, NULL, NULL)
         != SQLITE_OK)
         md_warn("store %s: cannot turn foreign keys back on: %s",
                 st->path, sqlite3_errmsg(st->db));

@@ -572,6 +572,22 @@ static void test_run_ok_writes_everything(void **state)
     md_table_free(t);
 }
 
+static void test_run_ok_keeps_foreign_keys(void **state)
+{
+    struct fixture *fx = *state;
+    sqlite3 *db = md_store_handle(fx->st);
+    struct md_table *t = make_table();
+
+    add_device(t, "d1", "PC1", 1);
+    ok_run(fx, "R1", BASE, t, MD_SEND_NEVER, NULL);
+    ok_run(fx, "R1", BASE + DAY, t, MD_SEND_NEVER, NULL);
+
+    assert_int_equal(sql_int(db, "PRAGMA foreign_keys", 0), 1);
+    assert_int_equal(sql_int(db, "SELECT runs_seen FROM entity", 0), 2);
+    assert_int_equal(sql_int(db, "SELECT COUNT(*) FROM entity", 0), 1);
+    md_table_free(t);
+}
+
 static void test_run_failure_changes_nothing(void **state)
 {
     struct fixture *fx = *state;
@@ -1047,6 +1063,7 @@ int main(void)
         STORE_TEST(test_reader_sees_only_commits),
         STORE_TEST(test_run_begin_is_running),
         STORE_TEST(test_run_ok_writes_everything),
+        STORE_TEST(test_run_ok_keeps_foreign_keys),
         STORE_TEST(test_run_failure_changes_nothing),
         STORE_TEST(test_interrupted_error_status),
         STORE_TEST(test_finished_run_not_finished_again),
