@@ -207,7 +207,7 @@ char *md_time_format_seconds(md_instant t, char *buf, size_t size)
     return buf;
 }
 
-/* Parse a non-negative decimal number of at most max_digits digits. */
+/* Parse a non-negative decimal number of 1 to 12 digits. */
 static int parse_uint(const char *s, size_t len, int64_t *out)
 {
     int64_t value = 0;
