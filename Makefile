@@ -13,6 +13,8 @@ SYSCONFDIR ?= /etc
 DOCDIR ?= $(PREFIX)/share/doc/mdhunt
 DESTDIR ?=
 
+MAKEFLAGS += --no-print-directory
+
 VERSION := 0.1.0
 
 CC ?= cc
