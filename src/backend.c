@@ -612,6 +612,16 @@ static const char *const preempted_words[] = {
     "exceeded the allowed limits", NULL
 };
 
+int md_backend_message_too_large(const char *message)
+{
+    return contains_any(message, too_large_words);
+}
+
+int md_backend_message_preempted(const char *message)
+{
+    return contains_any(message, preempted_words);
+}
+
 static const char *const cpu_words[] = {
     "processing resources", "cpu", NULL
 };

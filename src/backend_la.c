@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mdhunt/backend.h"
 #include "mdhunt/buf.h"
 #include "mdhunt/mdtime.h"
 
@@ -493,52 +494,6 @@ out:
     return rc;
 }
 
-/* ASCII case-insensitive substring test, independent of the locale. */
-static int contains_ci(const char *haystack, const char *needle)
-{
-    size_t n = strlen(needle);
-
-    for (const char *p = haystack; *p != '\0'; p++) {
-        size_t k = 0;
-
-        while (k < n && p[k] != '\0') {
-            char a = p[k];
-            char b = needle[k];
-
-            if (a >= 'A' && a <= 'Z')
-                a = (char)(a - 'A' + 'a');
-            if (b >= 'A' && b <= 'Z')
-                b = (char)(b - 'A' + 'a');
-            if (a != b)
-                break;
-            k++;
-        }
-        if (k == n)
-            return 1;
-    }
-    return 0;
-}
-
-static int contains_any(const char *text, const char *const *needles)
-{
-    for (size_t i = 0; needles[i] != NULL; i++) {
-        if (contains_ci(text, needles[i]))
-            return 1;
-    }
-    return 0;
-}
-
-static const char *const too_large_words[] = {
-    "result size", "result set", "data size limit", NULL
-};
-
-/* Phrases of the service's messages; a bare "timeout" could be a column
- * name quoted in a syntax error. */
-static const char *const preempted_words[] = {
-    "timeout period", "timed out", "preempted", "excessive resource",
-    "exceeded the allowed limits", NULL
-};
-
 /* The fields of an error envelope, copied out of the JSON. */
 struct api_error {
     char code[64];
@@ -623,12 +578,12 @@ static void describe(long status, const struct api_error *e, char *dst,
 static int map_400(const struct api_error *e, const char *what,
                    struct md_error *err)
 {
-    if (contains_any(e->message, too_large_words))
+    if (md_backend_message_too_large(e->message))
         return md_error_set(err, MD_E_QUERY_TOO_LARGE,
                             "the query's result is too large for " SERVICE
                             " %s; reduce it with summarize, project or "
                             "take", what);
-    if (contains_any(e->message, preempted_words))
+    if (md_backend_message_preempted(e->message))
         return md_error_set(err, MD_E_QUERY_PREEMPTED,
                             SERVICE " stopped the query %s; make it "
                             "cheaper (filter early, narrow the time range) "

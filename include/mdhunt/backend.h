@@ -210,4 +210,10 @@ int md_backend_map_error(enum md_backend_kind kind,
                          const struct md_http_response *resp,
                          struct md_error *err);
 
+/* Whether a service's error message says the result was too large, or
+ * that the query was preempted or ran out of time (ASCII letters
+ * compared ignoring case).  Shared by every backend's error mapping. */
+int md_backend_message_too_large(const char *message);
+int md_backend_message_preempted(const char *message);
+
 #endif
